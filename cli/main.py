@@ -1,0 +1,49 @@
+"""`tl-isokl`: the click group. Each command lives in its own `cmd_<name>.py` and imports torch lazily, so
+`tl-isokl --help` is instant. Library errors (IsoKLError) become one-line messages here, in one place."""
+
+from __future__ import annotations
+
+import functools
+
+import click
+
+from tl_isokl.errors import IsoKLError
+
+
+def friendly_errors(fn):
+    """Turn the library's IsoKLError into click's one-line `Error: ...` with exit code 1 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except IsoKLError as e:
+            raise click.ClickException(str(e)) from None
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tl-isokl")
+def cli():
+    """Iso-KL calibrated activation steering on TransformerLens models.
+
+    Runs offline out of the box on an embedded test-bed model; pass --model NAME_OR_PATH for any
+    TransformerBridge model (e.g. allenai/OLMo-2-0425-1B from the local HF cache, or a local folder).
+    """
+
+
+def _register():
+    from importlib import import_module
+
+    for name in ("extract", "calibrate", "sweep", "inspect", "cosine", "plot", "report", "demo"):
+        try:
+            mod = import_module(f"tl_isokl_cli.cmd_{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"tl_isokl_cli.cmd_{name}":
+                continue  # command not built yet
+            raise
+        cli.add_command(mod.command)
+
+
+_register()

@@ -1,0 +1,1 @@
+"""Figures: every function takes `ax=None` and returns the Axes (or Figure); none computes statistics."""

@@ -1,0 +1,85 @@
+"""Default prompt sets: calibration and held-out questions, and contrastive concept sets.
+
+For the embedded test bed they come from its generated world (disjoint from each other and from its training
+questions). For any other model a small generic set of yes/no questions is framed with the tokenizer's chat
+template when it has one (thinking models then open their own `<think>`), else as "User: ...\\nAssistant:".
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tl_isokl.errors import IsoKLError
+from tl_isokl.model import EMBEDDED_MODEL
+
+KINDS = ("calibration", "heldout")
+
+GENERIC_CALIBRATION = [
+    "Is the sun a star?", "Can penguins fly?", "Is water wet?", "Do fish breathe air?", "Is iron a metal?",
+    "Is the moon made of cheese?", "Can a car run without fuel or a battery?", "Do trees grow leaves?",
+    "Is ice colder than steam?", "Are whales mammals?", "Is two plus two five?", "Does a spider have six legs?",
+    "Is Paris in France?", "Can humans breathe underwater unaided?", "Is glass a liquid at room temperature?",
+    "Do bees make honey?",
+]
+GENERIC_HELDOUT = [
+    "Is Mount Everest the tallest mountain above sea level?", "Can a dog climb a ladder easily?",
+    "Is copper a good conductor of electricity?", "Do plants need sunlight to grow?", "Is a tomato a fruit?",
+    "Is the Pacific the largest ocean?", "Can snakes hear sounds?", "Is gold heavier than aluminium?",
+    "Do cats have whiskers?", "Is a bicycle faster than a jet plane?", "Can sound travel through a vacuum?",
+    "Is seven a prime number?", "Do owls hunt at night?", "Is sugar salty?", "Does a triangle have four sides?",
+    "Is Antarctica covered in ice?", "Can a violin play chords?", "Is rubber an insulator?",
+    "Do rivers flow into the sea?", "Is a square a rectangle?", "Can birds swim?", "Is the Earth flat?",
+    "Do computers need electricity?", "Is silver a metal?",
+]
+GENERIC_CONCEPTS = {
+    "cheerful": ["What a wonderful day, I feel so happy", "Everything is bright and joyful today",
+                 "I love this, it makes me smile", "Such a delightful, sunny morning",
+                 "We laughed and celebrated together", "Hooray, this is the best news ever",
+                 "My heart is full of joy and hope", "The party was fun and everyone cheered"],
+    "gloomy": ["What a dreadful day, I feel so sad", "Everything is dark and hopeless today",
+               "I hate this, it makes me cry", "Such a dreary, rainy morning",
+               "We mourned and grieved together", "Alas, this is the worst news ever",
+               "My heart is full of sorrow and despair", "The funeral was grim and everyone wept"],
+}
+
+
+def is_embedded(model) -> bool:
+    info = getattr(model, "tl_isokl_info", {}) or {}
+    try:
+        return Path(info.get("path", "")).resolve() == EMBEDDED_MODEL.resolve()
+    except OSError:
+        return False
+
+
+def frame(model, question: str) -> str:
+    """A user question as the model expects it: chat template if the tokenizer has one."""
+    tok = model.tokenizer
+    if getattr(tok, "chat_template", None):
+        return tok.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                       add_generation_prompt=True)
+    return f"User: {question}\nAssistant:"
+
+
+def default_prompts(model, kind: str) -> tuple[list[str], list[str]]:
+    """(ids, prompts) of the default calibration or held-out set for this model."""
+    if kind not in KINDS:
+        raise IsoKLError(f"prompt set {kind!r} is unknown; use one of {', '.join(KINDS)}")
+    if is_embedded(model):
+        from tl_isokl.testbed.corpus import make_splits
+
+        qs = getattr(make_splits(), kind)
+        return [f"{q.entity}:{q.attribute}" for q in qs], [q.prompt for q in qs]
+    qs = GENERIC_CALIBRATION if kind == "calibration" else GENERIC_HELDOUT
+    return [f"{kind[:3]}{i:03d}" for i in range(len(qs))], [frame(model, q) for q in qs]
+
+
+def default_concepts(model, pos: str = "cheerful", neg: str = "gloomy") -> tuple[list[str], list[str]]:
+    """Contrastive prompt sets: the test bed's own (cheerful/gloomy/animal/machine) or a generic mood pair."""
+    if is_embedded(model):
+        from tl_isokl.testbed.corpus import concept_prompts
+
+        return concept_prompts(pos), concept_prompts(neg)
+    if pos not in GENERIC_CONCEPTS or neg not in GENERIC_CONCEPTS:
+        raise IsoKLError(f"generic concept sets are {', '.join(GENERIC_CONCEPTS)}; pass --pos/--neg files for "
+                         f"{pos!r}/{neg!r}")
+    return [frame(model, p) for p in GENERIC_CONCEPTS[pos]], [frame(model, p) for p in GENERIC_CONCEPTS[neg]]

@@ -1,0 +1,166 @@
+"""Batched greedy rollouts of a steered model: many prompts x doses in one KV-cached decode loop.
+
+Why a loop of our own rather than `TransformerBridge.generate`: it lets rows leave the batch as soon as they hit
+EOS (long windows are dominated by a few long rows), keeps per-row doses aligned when rows leave, and avoids
+`output_logits` (a [window, batch, vocab] tuple). The loop calls the HF model inside the bridge
+(`model.original_model`), which fires the TL hooks; prompts are left-padded with an explicit attention mask and
+position ids, so a row's rollout in a batch is token-identical to its rollout alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from tl_isokl.errors import IsoKLError
+from tl_isokl.steer import Steering
+from tl_isokl.tokens import decode, encode, eos_ids, pad_batch, pad_id, position_ids
+from tl_isokl.vector import SteeringVector
+
+
+@dataclass
+class Rollout:
+    """One greedy rollout: prompt ids, generated ids (EOS included when hit), dose."""
+
+    prompt_id: str
+    prompt: str
+    coeff: float
+    prompt_ids: list[int]
+    tokens: list[int]
+    eos: bool
+    window: int
+    text: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def length(self) -> int:
+        return len(self.tokens)
+
+
+def check_window(model, prompt_lens: Sequence[int], window: int) -> None:
+    if int(window) <= 0:
+        raise IsoKLError(f"window must be a positive number of generated tokens, got {window}")
+    n_ctx = int(getattr(model.cfg, "n_ctx", 0) or 0)
+    longest = max(prompt_lens)
+    if n_ctx and longest + window > n_ctx:
+        raise IsoKLError(
+            f"prompt ({longest} tokens) + window ({window}) exceeds the model context of {n_ctx} tokens; "
+            f"use --window {max(1, n_ctx - longest)} or shorter prompts"
+        )
+
+
+def _cache_select(cache, keep: torch.Tensor):
+    """Drop finished rows from an HF cache in place (DynamicCache.batch_select_indices)."""
+    if hasattr(cache, "batch_select_indices"):
+        cache.batch_select_indices(keep)
+        return cache
+    raise IsoKLError("this transformers version's cache cannot drop rows; upgrade transformers to >=5.9")
+
+
+@torch.no_grad()
+def rollout(
+    model,
+    vector: SteeringVector | None,
+    prompts: Sequence[str],
+    coeffs: Sequence[float] | torch.Tensor,
+    *,
+    window: int,
+    prompt_ids: Sequence[str] | None = None,
+    batch_size: int = 32,
+    positions: str = "all",
+    progress: Callable[[int], None] | None = None,
+) -> list[Rollout]:
+    """Greedy rollouts of each (prompt, coeff) row for up to `window` generated tokens.
+
+    Args:
+        prompts, coeffs: one entry per row (build the prompt x dose product yourself, or use `grid`).
+        window: generated tokens per row; a row that emits EOS stops there (EOS kept in `tokens`).
+        batch_size: rows decoded together (memory knob; results do not depend on it).
+        positions: "all" or "generated" (steer only generated tokens).
+        progress: called with the number of rows finished in each batch.
+    """
+    coeffs = torch.as_tensor(coeffs, dtype=torch.float32).flatten()
+    if len(prompts) != len(coeffs):
+        raise IsoKLError(f"{len(prompts)} prompts but {len(coeffs)} coefficients; pass one coefficient per row")
+    if vector is not None:
+        vector.check_model(model)
+    ids_list = [encode(model, p) for p in prompts]
+    check_window(model, [len(s) for s in ids_list], window)
+    pids = list(prompt_ids) if prompt_ids is not None else [str(i) for i in range(len(prompts))]
+    out: list[Rollout | None] = [None] * len(prompts)
+    # similar lengths together: less padding, and the order does not change any row's result
+    order = sorted(range(len(prompts)), key=lambda i: len(ids_list[i]))
+    for b0 in range(0, len(order), batch_size):
+        rows = order[b0: b0 + batch_size]
+        gen = _decode_batch(model, vector, [ids_list[i] for i in rows], coeffs[rows], window, positions)
+        for i, (toks, hit) in zip(rows, gen):
+            out[i] = Rollout(prompt_id=pids[i], prompt=prompts[i], coeff=float(coeffs[i]), prompt_ids=ids_list[i],
+                             tokens=toks, eos=hit, window=int(window), text=decode(model, toks))
+        if progress is not None:
+            progress(len(rows))
+    return out  # type: ignore[return-value]
+
+
+def _decode_batch(model, vector, seqs: list[list[int]], coeffs: torch.Tensor, window: int,
+                  positions: str) -> list[tuple[list[int], bool]]:
+    from transformers import DynamicCache
+
+    dev = model.cfg.device
+    ids, mask = pad_batch(seqs, pad_id(model), side="left")
+    ids, mask = ids.to(dev), mask.to(dev)
+    B, T = ids.shape
+    stops = torch.tensor(sorted(eos_ids(model)), device=dev)
+    steering = None
+    hooks = []
+    if vector is not None:
+        steering = Steering(vector, coeffs, positions=positions, start=T)
+        hooks = steering.fwd_hooks()
+    generated: list[list[int]] = [[] for _ in range(B)]
+    finished = [False] * B
+    alive = torch.arange(B, device=dev)  # original row index of each batch row still decoding
+    om = model.original_model
+    with model.hooks(fwd_hooks=hooks):
+        if steering is not None:
+            steering.reset(0)
+        out = om(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
+                 past_key_values=DynamicCache(), use_cache=True)
+        cache = out.past_key_values
+        logits = out.logits[:, -1]
+        for step in range(window):
+            nxt = logits.float().argmax(-1)
+            done = torch.isin(nxt, stops) if len(stops) else torch.zeros_like(nxt, dtype=torch.bool)
+            for j, (r, t) in enumerate(zip(alive.tolist(), nxt.tolist())):
+                generated[r].append(t)
+                if done[j]:
+                    finished[r] = True
+            if step == window - 1:
+                break
+            keep = (~done).nonzero().flatten()
+            if keep.numel() == 0:
+                break
+            if keep.numel() < alive.numel():
+                alive, nxt, mask = alive[keep], nxt[keep], mask[keep]
+                cache = _cache_select(cache, keep)
+                if steering is not None:
+                    steering.select_rows(keep.cpu())
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+            pos = mask.sum(1, keepdim=True) - 1
+            out = om(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, past_key_values=cache,
+                     use_cache=True)
+            cache = out.past_key_values
+            logits = out.logits[:, -1]
+    return [(generated[i], finished[i]) for i in range(B)]
+
+
+def grid(prompts: Sequence[str], coeffs: Sequence[float], prompt_ids: Sequence[str] | None = None):
+    """Rows of the prompt x dose product: (prompts, coeffs, prompt_ids), dose-major."""
+    pids = list(prompt_ids) if prompt_ids is not None else [str(i) for i in range(len(prompts))]
+    P, C, I = [], [], []
+    for c in coeffs:
+        for p, i in zip(prompts, pids):
+            P.append(p)
+            C.append(float(c))
+            I.append(i)
+    return P, C, I

@@ -1,0 +1,156 @@
+"""The run directory: the one place a sweep's results live, readable with json/csv/numpy alone.
+
+Layout (all JSON is UTF-8, NaN written as null)::
+
+    RUN/
+      manifest.json          what was run: model, revision, dtype, layer, method, hashes, seed, versions, argv
+      calibration.json       c*, the statistic, converged flag, round-by-round history
+      vector.safetensors     the steering vector used (safetensors + JSON metadata, never pickle)
+      cells/alpha=<a>.jsonl  one Trajectory per line (see tl_isokl.records); a file exists only once its
+                             alpha cell finished, which is what makes `sweep` resumable
+      forks.csv              row, prompt_id, alpha, t, pmass, p_true, alive      (derived, rewritten at the end)
+      summary.csv            per alpha: n, died, censored, KL p50/p95/max, median death token (derived)
+      figures/               PNGs drawn by `tl-isokl plot` from the files above
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tl_isokl.errors import RunDirError
+from tl_isokl.io import atomic_write_json, atomic_write_jsonl, read_json, read_jsonl
+from tl_isokl.records import Trajectory
+
+MANIFEST = "manifest.json"
+CALIBRATION = "calibration.json"
+VECTOR = "vector.safetensors"
+CELLS = "cells"
+
+
+def alpha_key(alpha: float) -> str:
+    """Stable file-name form of an alpha: 0.25 -> '0.25', 1.0 -> '1'."""
+    return f"{float(alpha):g}"
+
+
+def package_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("tl-isokl")
+    except Exception:  # running from a source tree that was not installed
+        return "0+unknown"
+
+
+def environment() -> dict[str, Any]:
+    """Versions that change numbers: recorded in every manifest."""
+    env: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform()}
+    for mod in ("torch", "transformers", "transformer_lens", "numpy"):
+        try:
+            m = __import__(mod)
+            env[mod] = getattr(m, "__version__", "unknown")
+        except Exception:
+            env[mod] = None
+    return env
+
+
+def base_manifest(command: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "command": command,
+        "argv": list(sys.argv),
+        "package_version": package_version(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "environment": environment(),
+        **fields,
+    }
+
+
+@dataclass
+class Run:
+    """A loaded run directory."""
+
+    path: Path
+    manifest: dict[str, Any]
+    calibration: dict[str, Any] | None
+    trajectories: list[Trajectory] = field(default_factory=list)
+
+    @property
+    def threshold(self) -> float:
+        return float(self.manifest.get("threshold", 0.75))
+
+    @property
+    def window(self) -> int:
+        return int(self.manifest["window"])
+
+    @property
+    def alphas(self) -> list[float]:
+        return sorted({t.alpha for t in self.trajectories})
+
+    def by_alpha(self) -> dict[float, list[Trajectory]]:
+        out: dict[float, list[Trajectory]] = {a: [] for a in self.alphas}
+        for t in self.trajectories:
+            out[t.alpha].append(t)
+        return out
+
+
+class RunDir:
+    """Paths and atomic reads/writes of one run directory."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / MANIFEST
+
+    @property
+    def calibration_path(self) -> Path:
+        return self.path / CALIBRATION
+
+    @property
+    def vector_path(self) -> Path:
+        return self.path / VECTOR
+
+    @property
+    def figures(self) -> Path:
+        return self.path / "figures"
+
+    def cell_path(self, alpha: float) -> Path:
+        return self.path / CELLS / f"alpha={alpha_key(alpha)}.jsonl"
+
+    def has_cell(self, alpha: float) -> bool:
+        return self.cell_path(alpha).is_file()
+
+    def write_cell(self, alpha: float, trajectories: list[Trajectory]) -> Path:
+        return atomic_write_jsonl(self.cell_path(alpha), [t.to_dict() for t in trajectories])
+
+    def read_cell(self, alpha: float) -> list[Trajectory]:
+        return [Trajectory.from_dict(d) for d in read_jsonl(self.cell_path(alpha))]
+
+    def write_manifest(self, manifest: dict[str, Any]) -> Path:
+        return atomic_write_json(self.manifest_path, manifest)
+
+    def read_manifest(self) -> dict[str, Any]:
+        if not self.manifest_path.is_file():
+            raise RunDirError(f"{self.path} is not a run directory (no {MANIFEST}); pass the --out folder of a sweep")
+        return read_json(self.manifest_path)
+
+    def load(self) -> Run:
+        manifest = self.read_manifest()
+        cal = read_json(self.calibration_path) if self.calibration_path.is_file() else None
+        trajs: list[Trajectory] = []
+        cells = sorted((self.path / CELLS).glob("alpha=*.jsonl"), key=lambda p: float(p.stem.split("=", 1)[1]))
+        for p in cells:
+            trajs.extend(Trajectory.from_dict(d) for d in read_jsonl(p))
+        if not trajs:
+            raise RunDirError(f"{self.path} has no finished alpha cells in {CELLS}/; run `tl-isokl sweep --out {self.path}`")
+        return Run(path=self.path, manifest=manifest, calibration=cal, trajectories=trajs)
+
+
+def load_run(path: str | Path) -> Run:
+    """Load a sweep's run directory (manifest, calibration and every finished alpha cell)."""
+    return RunDir(path).load()

@@ -1,0 +1,232 @@
+"""The alpha sweep: held-out prompts rolled out at alpha x c*, with per-token KL and fork probes, into a run dir.
+
+One rollout serves both measurements (the prototype generated every rollout twice). Alpha cells are the unit of
+resumption: a cell file appears, atomically, only once every row of that alpha is finished, so a killed sweep
+resumes where it stopped and ends byte-identical to an uninterrupted run (greedy decoding is deterministic).
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from tl_isokl.errors import IsoKLError, RunDirError
+from tl_isokl.io import atomic_write_json, atomic_write_text, sha256_json
+from tl_isokl.kl import per_token_kl
+from tl_isokl.model import model_info
+from tl_isokl.probe import ProbeSpec, probe
+from tl_isokl.records import Trajectory, fate
+from tl_isokl.rollout import grid, rollout
+from tl_isokl.rundir import Run, RunDir, alpha_key, base_manifest
+from tl_isokl.vector import SteeringVector
+
+DEFAULT_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0)
+
+
+def parse_alphas(text: str | Sequence[float]) -> tuple[float, ...]:
+    """'0,0.25,1' -> (0.0, 0.25, 1.0); each alpha must be a finite number >= 0, no duplicates."""
+    if isinstance(text, str):
+        parts = [p.strip() for p in text.split(",") if p.strip()]
+        try:
+            vals = [float(p) for p in parts]
+        except ValueError:
+            raise IsoKLError(f"alphas {text!r} must be comma-separated numbers, e.g. 0,0.25,0.5,1,2,4") from None
+    else:
+        vals = [float(a) for a in text]
+    if not vals:
+        raise IsoKLError("no alphas given; e.g. --alphas 0,0.5,1,2,4")
+    bad = [a for a in vals if not np.isfinite(a) or a < 0]
+    if bad:
+        raise IsoKLError(f"alpha {bad[0]} is invalid; alphas are doses in units of c*, finite and >= 0")
+    if len(set(vals)) != len(vals):
+        raise IsoKLError(f"alphas {vals} contain duplicates")
+    return tuple(sorted(vals))
+
+
+def check_disjoint(heldout: Sequence[str], calibration: Sequence[str]) -> None:
+    """Held-out prompts must not be calibration prompts: the sweep asks what the budget buys *elsewhere*."""
+    overlap = sorted(set(heldout) & set(calibration))
+    if overlap:
+        raise IsoKLError(f"{len(overlap)} held-out prompt(s) also appear in the calibration set, e.g. "
+                         f"{overlap[0][:60]!r}; pass held-out prompts disjoint from calibration")
+
+
+@dataclass
+class SweepConfig:
+    """Everything that changes a cell's numbers; its hash guards resumption against mixing configurations."""
+
+    c_star: float
+    window: int
+    threshold: float
+    spec: ProbeSpec
+    schedule: str | int
+    positions: str
+    prompts: list[str]
+    prompt_ids: list[str]
+
+    def identity(self, model, vector: SteeringVector) -> dict[str, Any]:
+        info = model_info(model)
+        return {"model": info.get("name"), "revision": info.get("revision"), "dtype": info.get("dtype"),
+                "vector_sha256": vector.sha256, "c_star": self.c_star, "window": self.window,
+                "threshold": self.threshold, "probe": self.spec.to_dict(), "schedule": self.schedule,
+                "positions": self.positions, "prompts_sha256": sha256_json(self.prompts)}
+
+
+def sweep(
+    model,
+    vector: SteeringVector,
+    calibration: dict[str, Any],
+    prompts: Sequence[str],
+    out: str | Path,
+    *,
+    prompt_ids: Sequence[str] | None = None,
+    alphas: Sequence[float] = DEFAULT_ALPHAS,
+    window: int = 256,
+    threshold: float = 0.75,
+    spec: ProbeSpec = ProbeSpec(),
+    schedule: str | int = "log2",
+    positions: str = "all",
+    batch_size: int = 32,
+    probe_batch_size: int = 8,
+    seed: int = 0,
+    manifest_extra: dict[str, Any] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> Run:
+    """Run (or resume) the alpha sweep into run directory `out` and return the loaded Run.
+
+    Args:
+        calibration: `CalibrationResult.to_dict()` (or a dict with at least "c_star", "target", "stat", and
+            "prompts" to check held-out disjointness).
+        prompts: held-out prompts, disjoint from the calibration prompts.
+        progress: called as progress(stage, done, total) with stage in {"rollout", "kl", "probe"}.
+    """
+    if not 0.0 < threshold <= 1.0:
+        raise IsoKLError(f"threshold {threshold} must be in (0, 1]; it is a probability mass")
+    if "c_star" not in calibration:
+        raise IsoKLError("calibration has no c_star; pass a calibration.json written by `tl-isokl calibrate`")
+    alphas = parse_alphas(alphas)
+    prompts = list(prompts)
+    if not prompts:
+        raise IsoKLError("no held-out prompts given")
+    check_disjoint(prompts, calibration.get("prompts", []))
+    vector.check_model(model)
+    pids = list(prompt_ids) if prompt_ids is not None else [f"p{i:03d}" for i in range(len(prompts))]
+    cfg = SweepConfig(c_star=float(calibration["c_star"]), window=int(window), threshold=float(threshold),
+                      spec=spec, schedule=schedule, positions=positions, prompts=prompts, prompt_ids=pids)
+    ident = cfg.identity(model, vector)
+    rd = RunDir(out)
+    if rd.manifest_path.is_file():
+        old = rd.read_manifest()
+        if old.get("config_sha256") != sha256_json(ident):
+            raise RunDirError(f"{rd.path} holds a sweep with a different configuration (model, vector, c*, window, "
+                              f"threshold, probe or prompts); pass a new --out folder")
+    info = model_info(model)
+    manifest = base_manifest(
+        "sweep", model=info.get("name"), revision=info.get("revision"), dtype=info.get("dtype"),
+        device=info.get("device"), layer=vector.layer, method=vector.method,
+        gate=vector.gate.to_dict() if vector.gate else None, vector_sha256=vector.sha256,
+        prompts_sha256=ident["prompts_sha256"], n_prompts=len(prompts), seed=seed, window=int(window),
+        threshold=float(threshold), alphas=list(alphas), c_star=cfg.c_star, target=calibration.get("target"),
+        stat=calibration.get("stat"), probe=spec.to_dict(), schedule=schedule, positions=positions,
+        config_sha256=sha256_json(ident), prompts=[{"id": i, "prompt": p} for i, p in zip(pids, prompts)],
+        **(manifest_extra or {}),
+    )
+    rd.write_manifest(manifest)
+    atomic_write_json(rd.calibration_path, calibration)
+    if not rd.vector_path.is_file():
+        vector.save(rd.vector_path)
+    todo = [a for a in alphas if not rd.has_cell(a)]
+    for a in todo:
+        trajs = run_cell(model, vector, a, cfg, batch_size=batch_size, probe_batch_size=probe_batch_size,
+                         progress=progress)
+        rd.write_cell(a, trajs)
+    run = rd.load()
+    write_tables(run)
+    return run
+
+
+def run_cell(model, vector: SteeringVector, alpha: float, cfg: SweepConfig, *, batch_size: int = 32,
+             probe_batch_size: int = 8, progress: Callable[[str, int, int], None] | None = None) -> list[Trajectory]:
+    """All held-out prompts at one alpha: rollouts, per-token KL and fork probes."""
+    coeff = float(alpha) * cfg.c_star
+    P, C, I = grid(cfg.prompts, [coeff], cfg.prompt_ids)
+    n = len(P)
+
+    def tick(stage):
+        done = [0]
+
+        def f(k):
+            done[0] += k
+            if progress is not None:
+                progress(f"{stage} α={alpha_key(alpha)}", done[0], n)
+        return f
+
+    rolls = rollout(model, vector, P, C, prompt_ids=I, window=cfg.window, batch_size=batch_size,
+                    positions=cfg.positions, progress=tick("rollout"))
+    kls = per_token_kl(model, vector, rolls, batch_size=batch_size, positions=cfg.positions, progress=tick("kl"))
+    forks = probe(model, vector, rolls, spec=cfg.spec, schedule=cfg.schedule, batch_size=probe_batch_size,
+                  progress=tick("probe"))
+    return [Trajectory(prompt_id=r.prompt_id, prompt=r.prompt, alpha=float(alpha), coeff=coeff, tokens=r.tokens,
+                       text=r.text, kl=[float(x) for x in k], eos=r.eos, window=r.window, forks=f)
+            for r, k, f in zip(rolls, kls, forks)]
+
+
+def summary_rows(run: Run) -> list[dict[str, Any]]:
+    """Per alpha: n, died, censored (EOS / window), KL p50/p95/max, KM median death token."""
+    from tl_isokl.survival import kaplan_meier
+
+    rows = []
+    for a, ts in run.by_alpha().items():
+        fs = [fate(t, run.threshold) for t in ts]
+        pool = np.concatenate([np.asarray(t.kl, float) for t in ts]) if ts else np.zeros(0)
+        pool = pool[np.isfinite(pool)]
+        med = kaplan_meier(fs, alpha=a).median()
+        rows.append({
+            "alpha": a, "coeff": ts[0].coeff if ts else float("nan"), "n": len(ts),
+            "died": sum(f.died for f in fs), "censored": sum(not f.died for f in fs),
+            "censored_eos": sum((not f.died) and f.eos for f in fs),
+            "kl_p50": float(np.percentile(pool, 50)) if pool.size else float("nan"),
+            "kl_p95": float(np.percentile(pool, 95)) if pool.size else float("nan"),
+            "kl_max": float(pool.max()) if pool.size else float("nan"),
+            "median_death_token": med if med is not None else "not reached",
+        })
+    return rows
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    buf = _io.StringIO()
+    if rows:
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    return buf.getvalue()
+
+
+def write_tables(run: Run) -> None:
+    """Derived tables, rewritten from the cells: forks.csv (row, prompt_id, alpha, t, pmass, p_true, alive)
+    and summary.csv."""
+    forks = []
+    for row, t in enumerate(run.trajectories):
+        for f in t.forks:
+            forks.append({"row": row, "prompt_id": t.prompt_id, "alpha": t.alpha, "t": f.t, "pmass": f.pmass,
+                          "p_true": f.p_true, "alive": int(f.pmass >= run.threshold)})
+    atomic_write_text(run.path / "forks.csv", _csv(forks))
+    atomic_write_text(run.path / "summary.csv", _csv(summary_rows(run)))
+
+
+def format_summary(rows: list[dict[str, Any]]) -> str:
+    """The per-alpha table printed at the end of a sweep."""
+    head = f"{'alpha':>6} {'coeff':>9} {'n':>4} {'died':>5} {'cens':>5} {'eos':>4} {'KL p50':>8} {'KL p95':>8} " \
+           f"{'KL max':>8} {'median death':>13}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['alpha']:>6g} {r['coeff']:>9.4g} {r['n']:>4} {r['died']:>5} {r['censored']:>5} "
+                     f"{r['censored_eos']:>4} {r['kl_p50']:>8.3g} {r['kl_p95']:>8.3g} {r['kl_max']:>8.3g} "
+                     f"{str(r['median_death_token']):>13}")
+    return "\n".join(lines)
