@@ -1,0 +1,31 @@
+"""tl-isokl: give every activation-steering method the same per-token KL budget, then measure what it buys.
+
+Data flow, in the order of this list: load a model -> extract a vector -> steer -> roll out -> per-token KL ->
+calibrate c* -> fork probe -> sweep alpha into a run directory -> survival / figures / inspection.
+
+    >>> import tl_isokl as ik
+    >>> model = ik.load_model()                                   # embedded test bed, offline
+    >>> pos, neg = ik.default_concepts(model)                     # cheerful / gloomy
+    >>> vec = ik.extract(model, pos, neg, method="mean_diff")     # middle layer
+    >>> ids, prompts = ik.default_prompts(model, "calibration")
+    >>> cal = ik.calibrate(model, vec, prompts, window=64)        # c*: p95 per-token KL = 1 nat
+"""
+
+from tl_isokl.errors import CalibrationError, IsoKLError, IsoKLWarning
+from tl_isokl.model import load_model
+from tl_isokl.vector import Gate, SteeringVector
+from tl_isokl.extract import extract
+from tl_isokl.steer import Steering, steer
+from tl_isokl.rollout import Rollout, rollout
+from tl_isokl.kl import per_token_kl
+from tl_isokl.calibrate import CalibrationResult, calibrate
+from tl_isokl.probe import ProbeSpec, probe
+from tl_isokl.sweep import sweep
+from tl_isokl.rundir import load_run
+from tl_isokl.prompt_sets import default_concepts, default_prompts
+
+__all__ = [
+    "load_model", "SteeringVector", "Gate", "extract", "steer", "Steering", "rollout", "Rollout", "per_token_kl",
+    "calibrate", "CalibrationResult", "ProbeSpec", "probe", "sweep", "load_run", "default_prompts",
+    "default_concepts", "IsoKLError", "CalibrationError", "IsoKLWarning",
+]
