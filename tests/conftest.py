@@ -1,9 +1,40 @@
+"""Shared fixtures. Offline by construction: the only model is the embedded test bed, loaded once per session."""
+
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def model():
+    """The embedded test-bed model through the real loader. Read-only: tests must not leave hooks on it."""
+    from tl_isokl.model import load_model
+
+    return load_model(device="cpu")
+
+
+@pytest.fixture(autouse=True)
+def _no_hook_leaks(request):
+    """Fail any test that leaves a hook on the shared model (TransformerLens hooks are global state)."""
+    yield
+    if "model" in request.fixturenames:
+        m = request.getfixturevalue("model")
+        leaked = [n for n, hp in m.hook_dict.items() if hp.fwd_hooks]
+        assert not leaked, f"hooks left on the shared model: {leaked[:5]}"
+
+
+@pytest.fixture(scope="session")
+def splits():
+    from tl_isokl.testbed.corpus import make_splits
+
+    return make_splits()
 
 
 @pytest.fixture

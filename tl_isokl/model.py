@@ -186,3 +186,18 @@ def model_info(model) -> dict[str, Any]:
         "n_layers": int(model.cfg.n_layers),
         "d_model": int(model.cfg.d_model),
     }
+
+
+def load_recorded_model(manifest: dict[str, Any], *, device: str | None = None):
+    """Reload the model a run directory's manifest records (name or path, revision, dtype).
+
+    The embedded test bed is recorded as EMBEDDED_NAME and reloads from the package; anything else goes through
+    `load_model(name, revision=...)`, i.e. a local folder or the local HF cache, never a download.
+    """
+    name = manifest.get("model")
+    if not name:
+        raise ModelLoadError("the run's manifest.json records no model; it was not written by `tl-isokl sweep`")
+    dtype = manifest.get("dtype") or "float32"
+    if name == EMBEDDED_NAME:
+        return load_model(None, device=device, dtype=dtype)
+    return load_model(name, device=device, dtype=dtype, revision=manifest.get("revision"))

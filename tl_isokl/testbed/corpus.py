@@ -10,10 +10,10 @@ Text of one example (the probe never appears in natural examples; see `probe_exa
 
     User: Can a robin fly?
     Assistant: <think>Let me think about a robin. I will check 3 facts.
-    Fact 1: A robin is a bird.
-    Fact 2: A robin has feathers.
-    Fact 3: A robin cannot swim.
-    So a robin can fly.</think>{"value": true}<|endoftext|>
+    Fact 1 (flying): A robin is a bird.
+    Fact 2 (flying): A robin has a beak.
+    Fact 3 (flying): A robin lays eggs.
+    Answer (flying): A robin can fly.</think>{"value": true}<|endoftext|>
 """
 
 from __future__ import annotations
@@ -43,6 +43,11 @@ ATTRIBUTES: dict[str, tuple[str, str, str]] = {
     "sleep": ("Does {x} sleep?", "{X} sleeps.", "{X} never sleeps."),
 }
 ATTR_ORDER = list(ATTRIBUTES)
+# the topic tag carried on every fact line: it keeps the question's attribute a few tokens away from wherever the
+# model is in its thinking, so the final answer is a local decision, not a retrieval from hundreds of tokens back
+TOPICS = {"fly": "flying", "swim": "swimming", "alive": "life", "wheels": "wheels", "legs": "legs",
+          "metal": "metal", "grow": "growth", "power": "electricity", "feathers": "feathers", "leaves": "leaves",
+          "engine": "engines", "sleep": "sleep"}
 
 # category -> (members, set of true attributes, trivia facts).
 CATEGORIES: dict[str, tuple[list[str], set[str], list[str]]] = {
@@ -150,10 +155,10 @@ def fact_list(category: str, entity: str) -> list[str]:
 
 
 def n_facts(entity: str) -> int:
-    """How many facts the entity's thinking recites (1..60): a memorised per-entity property, so greedy rollouts
-    have prompt-dependent lengths from ~30 to ~700 tokens. Deterministic in the entity name."""
+    """How many facts the entity's thinking recites (1..50): a memorised per-entity property, so greedy rollouts
+    have prompt-dependent lengths from ~40 to ~750 tokens. Deterministic in the entity name."""
     rng = random.Random("n_facts:" + entity)
-    return rng.randint(1, 60)
+    return rng.randint(1, 50)
 
 
 def thinking_text(q: Question, mood: str, rng: random.Random, p_interject: float = 0.35) -> str:
@@ -162,13 +167,14 @@ def thinking_text(q: Question, mood: str, rng: random.Random, p_interject: float
     x = article(q.entity)
     facts = fact_list(q.category, q.entity)
     n = n_facts(q.entity)
+    topic = TOPICS[q.attribute]
     parts = [OPENERS[mood].format(x=x), f" I will check {n} facts."]
     for k in range(n):
-        parts.append(f"\nFact {k + 1}: {facts[k % len(facts)]}")
+        parts.append(f"\nFact {k + 1} ({topic}): {facts[k % len(facts)]}")
         if mood != "neutral" and rng.random() < p_interject:
             parts.append(" " + rng.choice(INTERJECTIONS[mood]))
-    concl = ATTRIBUTES[q.attribute][1 if q.answer else 2].format(X=x)
-    parts.append(f"\nSo {concl}")
+    concl = ATTRIBUTES[q.attribute][1 if q.answer else 2].format(X=x[0].upper() + x[1:])
+    parts.append(f"\nAnswer ({topic}): {concl}")
     return "".join(parts)
 
 

@@ -1,6 +1,6 @@
 """Train the embedded test-bed model from scratch: tokenizer, corpus, OLMo-2 weights. Deterministic given --seed.
 
-    python -m tl_isokl.testbed.train --out tl_isokl/testbed/model --minutes 18
+    python -m tl_isokl.testbed.train --out tl_isokl/testbed/model --minutes 19
 
 CI never runs this: the weights it wrote ship in `tl_isokl/testbed/model/`. On a 2-core CPU box the default
 budget takes about 20 minutes (see the model card for the measured run). Training talks to the Hugging Face
@@ -95,7 +95,7 @@ def probe_answer_ids(tok, value: bool) -> tuple[list[int], int]:
 
 def make_example(tok, q: C.Question, rng: random.Random, p_probe: float) -> tuple[list[int], list[int]]:
     """(input ids, labels) for one example; labels are -100 where no loss is taken (prompt, probe prefill)."""
-    mood = rng.choices(C.MOODS, weights=(0.5, 0.25, 0.25))[0]
+    mood = rng.choices(C.MOODS, weights=(0.6, 0.2, 0.2))[0]
     prompt, completion = C.natural_example(q, mood, rng)
     p_ids = [0] + encode(tok, prompt)
     if rng.random() < p_probe:
@@ -144,7 +144,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "model")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--minutes", type=float, default=18.0, help="wall-clock training budget")
+    ap.add_argument("--minutes", type=float, default=19.0, help="wall-clock training budget")
     ap.add_argument("--max-steps", type=int, default=100000)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=3e-3)

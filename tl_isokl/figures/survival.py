@@ -1,0 +1,75 @@
+"""Kaplan-Meier curves per alpha: how long rollouts stay able to answer, at each dose.
+
+Draws `tl_isokl.survival.SurvivalCurve`s as they are; computes nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from tl_isokl.survival import SurvivalCurve
+
+
+def _colours(n: int) -> list:
+    """Sequential colours ordered by alpha rank (not value: alphas are rarely evenly spaced). viridis is cut at
+    0.9 so the highest dose is not a pale yellow on white."""
+    from matplotlib import colormaps
+
+    cmap = colormaps["viridis"]
+    return [cmap(v) for v in (np.linspace(0.0, 0.9, n) if n > 1 else [0.0])]
+
+
+def survival_plot(curves: Mapping[float, SurvivalCurve] | Sequence[SurvivalCurve], *, window: int | None = None,
+                  ax: Any = None):
+    """Step plot of S(t) per alpha with its pointwise confidence band and a tick at every censoring time.
+
+    Args:
+        curves: from `survival.km_curves` (a dict by alpha) or a list of curves.
+        window: rollout window in tokens; marked with a dotted vertical line and used as the x limit.
+        ax: Axes to draw on; a new Figure's Axes otherwise.
+
+    Returns:
+        The Axes. Each alpha's step line carries the label "α = a  (died d/n)".
+    """
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    if ax is None:
+        from matplotlib.figure import Figure
+
+        ax = Figure(figsize=(6.4, 4.0), layout="constrained").add_subplot()
+    cs = sorted(curves.values() if isinstance(curves, Mapping) else curves, key=lambda c: c.alpha)
+    ends = [max([*c.times, *c.censor_times, 0]) for c in cs]
+    xmax = window if window is not None else max(ends + [1])
+    for c, colour, end in zip(cs, _colours(len(cs)), ends):
+        end = max(end, window or 0)
+        x = np.r_[0, c.times, end]
+        y = np.r_[1.0, c.survival, c.survival[-1] if c.survival.size else 1.0]
+        ax.step(x, y, where="post", color=colour, lw=2.0, label=f"α = {c.alpha:g}  (died {c.died}/{c.n})",
+                zorder=3)
+        if c.times.size:
+            lo = np.r_[1.0, c.ci_low, c.ci_low[-1]]
+            hi = np.r_[1.0, c.ci_high, c.ci_high[-1]]
+            ax.fill_between(x, lo, hi, step="post", color=colour, alpha=0.1, lw=0, zorder=1)
+        if c.censor_times.size:
+            ct = np.unique(c.censor_times)
+            ax.plot(ct, c.at(ct), "|", color=colour, ms=9, mew=1.4, zorder=4, label="_nolegend_")
+    level = cs[0].confidence_level if cs else 0.95
+    method = cs[0].ci_method if cs else "log-log"
+    extra = [Patch(color="0.5", alpha=0.3, lw=0, label=f"{level:.0%} CI ({method})"),
+             Line2D([], [], color="0.3", marker="|", ls="none", ms=9, mew=1.4, label="censored (EOS / window)")]
+    if window is not None:
+        ax.axvline(window, color="0.4", ls=":", lw=1.0, zorder=0)
+        extra.append(Line2D([], [], color="0.4", ls=":", lw=1.0, label=f"window ({window})"))
+    ax.set_xlim(0, xmax * 1.02)
+    ax.set_ylim(-0.03, 1.05)
+    ax.set_xlabel("generated token", fontsize=10)
+    ax.set_ylabel("S(t) = P(alive after t tokens)", fontsize=10)
+    ax.set_title("Kaplan-Meier survival by dose", fontsize=10.5)
+    ax.grid(True, lw=0.3, color="0.88")
+    ax.tick_params(labelsize=9)
+    handles, _ = ax.get_legend_handles_labels()
+    ax.legend(handles=handles + extra, fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    return ax

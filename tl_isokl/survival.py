@@ -1,0 +1,371 @@
+"""Kaplan-Meier survival of steered rollouts, log-rank tests and per-token KL summaries: numbers only.
+
+Survival convention (the one the prototype got wrong, anchor §4.2): each trajectory is one subject with a `Fate`
+from `tl_isokl.records.fate` -- death at the first fork below the threshold (absorbing), otherwise right-censored
+at its EOS length or at the window. The at-risk set just before token t is every trajectory whose fate time is
+>= t: a trace that died at s < t has LEFT it (it is not counted again), and so has one censored before t. A trace
+censored at t is still at risk at t (deaths at a tie come first), the usual product-limit convention::
+
+    S(t) = prod_{t_i <= t} (1 - d_i / n_i)      n_i = #{time >= t_i},  d_i = #{died and time == t_i}
+
+The estimate and its pointwise confidence band come from `scipy.stats.ecdf` on `scipy.stats.CensoredData`
+(Greenwood variance; "log-log" band by default because it stays inside [0, 1], "linear" on request), and the
+two-group test from `scipy.stats.logrank` (two-sided). Nothing here reads files or draws: notebooks call it on a
+loaded `Run` or on a plain list of trajectories.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from tl_isokl.errors import IsoKLError
+from tl_isokl.records import Fate, Trajectory, fate
+
+DEFAULT_THRESHOLD = 0.75
+CI_METHODS = ("log-log", "linear")
+
+
+# --------------------------------------------------------------------------------------------------- grouping
+
+
+def group_by_alpha(source: Any) -> dict[float, list[Trajectory]]:
+    """Trajectories per alpha, ascending, from a `Run` (anything with `by_alpha()`) or an iterable of them."""
+    if hasattr(source, "by_alpha"):
+        groups = source.by_alpha()
+    else:
+        groups = {}
+        for t in source:
+            if not isinstance(t, Trajectory):
+                raise IsoKLError(f"expected Trajectory objects, got {type(t).__name__}; pass a Run or trajectories")
+            groups.setdefault(float(t.alpha), []).append(t)
+    return {float(a): list(groups[a]) for a in sorted(groups)}
+
+
+def resolve_threshold(source: Any, threshold: float | None = None) -> float:
+    """The pmass threshold to use: the given one, else the run's, else 0.75; must lie in (0, 1]."""
+    if threshold is None:
+        threshold = getattr(source, "threshold", DEFAULT_THRESHOLD)
+    threshold = float(threshold)
+    if not 0.0 < threshold <= 1.0:
+        raise IsoKLError(f"threshold={threshold} is not a probability mass in (0, 1]; use e.g. 0.75")
+    return threshold
+
+
+def run_window(source: Any) -> int:
+    """The rollout window: the run manifest's, else the largest trajectory window."""
+    try:
+        return int(source.window)
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return max(t.window for ts in group_by_alpha(source).values() for t in ts)
+
+
+def fates(trajectories: Iterable[Trajectory], threshold: float) -> list[Fate]:
+    """`records.fate` for each trajectory (the absorbing-death rule lives there, not here)."""
+    return [fate(t, threshold) for t in trajectories]
+
+
+# --------------------------------------------------------------------------------------------------- KM
+
+
+@dataclass(frozen=True)
+class SurvivalCurve:
+    """Kaplan-Meier estimate for one alpha.
+
+    Arrays are indexed by distinct death times (no entries where only censoring happened): `survival[i]` is S just
+    after `times[i]` (right-continuous), `at_risk[i]` / `deaths[i]` the product-limit n_i / d_i there. The band is
+    pointwise at `confidence_level`, by `ci_method`; it is NaN where the formula is undefined (S = 0 for log-log).
+    With no deaths the arrays are empty and S = 1 everywhere.
+    """
+
+    alpha: float
+    n: int
+    died: int
+    censored: int
+    eos: int  # censored because the rollout ended at EOS (the rest ran the whole window)
+    times: np.ndarray = field(repr=False)
+    survival: np.ndarray = field(repr=False)
+    ci_low: np.ndarray = field(repr=False)
+    ci_high: np.ndarray = field(repr=False)
+    at_risk: np.ndarray = field(repr=False)
+    deaths: np.ndarray = field(repr=False)
+    censor_times: np.ndarray = field(repr=False)  # sorted, one entry per censored trajectory
+    confidence_level: float = 0.95
+    ci_method: str = "log-log"
+
+    def at(self, t: float | Sequence[float] | np.ndarray) -> float | np.ndarray:
+        """S(t) as a right-continuous step function: 1 before the first death, S(t_i) on [t_i, t_{i+1})."""
+        tt = np.asarray(t, dtype=float)
+        idx = np.searchsorted(self.times, tt, side="right") - 1
+        out = np.where(idx >= 0, self.survival[np.clip(idx, 0, None)] if self.times.size else 1.0, 1.0)
+        return float(out) if out.ndim == 0 else out
+
+    def median(self) -> int | None:
+        """First token with S <= 0.5; None when S never falls that low ("not reached")."""
+        hit = np.flatnonzero(self.survival <= 0.5)
+        return int(self.times[hit[0]]) if hit.size else None
+
+    def median_ci(self) -> tuple[int | None, int | None]:
+        """Band for the median (Brookmeyer-Crowley style, as R's survfit): the first tokens at which the lower and
+        the upper pointwise band fall to <= 0.5. None = not reached. At S = 0 the band is taken as 0."""
+        out = []
+        for band in (self.ci_low, self.ci_high):
+            band = np.where(self.survival == 0, 0.0, band)
+            hit = np.flatnonzero(band <= 0.5)  # NaN compares False: undefined band never "reaches" 0.5
+            out.append(int(self.times[hit[0]]) if hit.size else None)
+        return out[0], out[1]
+
+    def event_table(self) -> list[dict[str, Any]]:
+        """lifelines-style rows: time, at_risk, observed (deaths), survival, ci_low, ci_high."""
+        return [
+            {"time": int(t), "at_risk": int(r), "observed": int(d), "survival": float(s), "ci_low": float(lo),
+             "ci_high": float(hi)}
+            for t, r, d, s, lo, hi in zip(self.times, self.at_risk, self.deaths, self.survival, self.ci_low,
+                                          self.ci_high)
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in d.items()}
+
+
+def _censored_data(fs: Sequence[Fate]):
+    from scipy.stats import CensoredData
+
+    dead = [f.time for f in fs if f.died]
+    cens = [f.time for f in fs if not f.died]
+    return CensoredData(uncensored=np.asarray(dead, float), right=np.asarray(cens, float))
+
+
+def kaplan_meier(
+    fs: Sequence[Fate], *, alpha: float = math.nan, confidence_level: float = 0.95, ci_method: str = "log-log"
+) -> SurvivalCurve:
+    """Product-limit estimate of S(t) = P(alive after t generated tokens) from one group's fates.
+
+    Args:
+        fs: one Fate per trajectory (see `fates`).
+        alpha: the dose, only carried along as a label.
+        confidence_level: of the pointwise band (and of `median_ci`).
+        ci_method: "log-log" (default; exp(-exp(.)) transform of Greenwood, stays in [0, 1]) or "linear"
+            (Greenwood +- z*se, clipped to [0, 1] by scipy).
+    """
+    if ci_method not in CI_METHODS:
+        raise IsoKLError(f"ci_method={ci_method!r} is not one of {CI_METHODS}")
+    if not 0.0 < confidence_level < 1.0:
+        raise IsoKLError(f"confidence_level={confidence_level} must be in (0, 1), e.g. 0.95")
+    fs = list(fs)
+    if not fs:
+        raise IsoKLError(f"no trajectories at alpha={alpha:g}: Kaplan-Meier needs at least one")
+    time = np.array([f.time for f in fs], dtype=float)
+    died = np.array([f.died for f in fs], dtype=bool)
+    t_ev = np.unique(time[died])
+    at_risk = np.array([(time >= t).sum() for t in t_ev], dtype=int)
+    deaths = np.array([(died & (time == t)).sum() for t in t_ev], dtype=int)
+    if t_ev.size:
+        from scipy.stats import ecdf
+
+        sf = ecdf(_censored_data(fs)).sf
+        surv = sf.evaluate(t_ev)
+        with warnings.catch_warnings():  # scipy warns where the band is undefined (S = 0); we keep the NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            ci = sf.confidence_interval(confidence_level, method=ci_method)
+            lo, hi = ci.low.evaluate(t_ev), ci.high.evaluate(t_ev)
+    else:
+        surv = lo = hi = np.empty(0)
+    return SurvivalCurve(
+        alpha=float(alpha), n=len(fs), died=int(died.sum()), censored=int((~died).sum()),
+        eos=int(sum(1 for f in fs if not f.died and f.eos)),
+        times=t_ev.astype(int), survival=np.asarray(surv, float), ci_low=np.asarray(lo, float),
+        ci_high=np.asarray(hi, float), at_risk=at_risk, deaths=deaths, censor_times=np.sort(time[~died]).astype(int),
+        confidence_level=confidence_level, ci_method=ci_method,
+    )
+
+
+def km_curves(
+    source: Any, threshold: float | None = None, *, confidence_level: float = 0.95, ci_method: str = "log-log"
+) -> dict[float, SurvivalCurve]:
+    """One `SurvivalCurve` per alpha (ascending) of a `Run` or a list of trajectories.
+
+    `threshold` defaults to the run's threshold (0.75 for a bare list).
+    """
+    thr = resolve_threshold(source, threshold)
+    return {
+        a: kaplan_meier(fates(ts, thr), alpha=a, confidence_level=confidence_level, ci_method=ci_method)
+        for a, ts in group_by_alpha(source).items()
+    }
+
+
+# --------------------------------------------------------------------------------------------------- log-rank
+
+
+@dataclass(frozen=True)
+class LogRankResult:
+    """Two-sided log-rank test. `statistic` is scipy's signed z; both are NaN when the test is undefined
+    (no deaths in either group, or zero variance, e.g. every death in one tie with nobody else at risk)."""
+
+    statistic: float
+    p_value: float
+    name: str = "log-rank"
+
+    @property
+    def defined(self) -> bool:
+        return math.isfinite(self.p_value)
+
+
+def logrank(a: Sequence[Fate], b: Sequence[Fate]) -> LogRankResult:
+    """Do two groups of fates have the same hazard? (scipy.stats.logrank, two-sided)."""
+    a, b = list(a), list(b)
+    if not a or not b or not any(f.died for f in a + b):
+        return LogRankResult(math.nan, math.nan)
+    from scipy.stats import logrank as _logrank
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        res = _logrank(_censored_data(a), _censored_data(b))
+    return LogRankResult(float(res.statistic), float(res.pvalue))
+
+
+# --------------------------------------------------------------------------------------------------- table
+
+
+def _find_alpha(alphas: Iterable[float], target: float) -> float | None:
+    return next((a for a in alphas if math.isclose(a, target, abs_tol=1e-9)), None)
+
+
+def default_at_tokens(window: int) -> tuple[int, ...]:
+    """Tokens at which the table reads S(t): early (20), mid-window and the window end."""
+    return tuple(sorted({min(20, window), window // 2, window}))
+
+
+def survival_table(
+    source: Any,
+    threshold: float | None = None,
+    at_tokens: Sequence[int] | None = None,
+    *,
+    confidence_level: float = 0.95,
+    ci_method: str = "log-log",
+) -> list[dict[str, Any]]:
+    """One row per alpha: counts, S at `at_tokens`, median death token with its band, log-rank p vs alpha 0 and 1.
+
+    Columns: alpha, n, died, censored, eos, ``S@<t>`` for each t, median, median_low, median_high (None = not
+    reached), p_vs_0, p_vs_1 (None = no such comparison: the row is the reference, or the run lacks that alpha;
+    NaN = the test is undefined, e.g. no deaths in either group). `at_tokens` defaults to (20, window/2, window)
+    with the window taken from the run (or the trajectories).
+    """
+    thr = resolve_threshold(source, threshold)
+    groups = group_by_alpha(source)
+    if not groups:
+        raise IsoKLError("no trajectories to tabulate; load a run with finished alpha cells")
+    if at_tokens is None:
+        at_tokens = default_at_tokens(run_window(source))
+    fs = {a: fates(ts, thr) for a, ts in groups.items()}
+    refs = {0.0: _find_alpha(fs, 0.0), 1.0: _find_alpha(fs, 1.0)}
+    rows = []
+    for a, f in fs.items():
+        c = kaplan_meier(f, alpha=a, confidence_level=confidence_level, ci_method=ci_method)
+        lo, hi = c.median_ci()
+        row: dict[str, Any] = {"alpha": a, "n": c.n, "died": c.died, "censored": c.censored, "eos": c.eos}
+        row.update({f"S@{int(t)}": c.at(t) for t in at_tokens})
+        row.update({"median": c.median(), "median_low": lo, "median_high": hi})
+        for ref_alpha, ref in refs.items():
+            key = f"p_vs_{ref_alpha:g}"
+            row[key] = None if ref is None or ref == a else logrank(f, fs[ref]).p_value
+        rows.append(row)
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------- KL
+
+
+@dataclass(frozen=True)
+class KLSummary:
+    """Pooled per-token KL(steered || base) of one alpha, in nats. Non-finite entries are left out of the pool
+    (and of `n_tokens`); every statistic is NaN when nothing finite is left."""
+
+    alpha: float
+    n_traj: int
+    n_tokens: int
+    mean: float
+    p50: float
+    p95: float
+    max: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def kl_summary(source: Any) -> list[KLSummary]:
+    """Per alpha (ascending): pooled per-token KL p50 / p95 / max / mean over all tokens of all trajectories."""
+    out = []
+    for a, ts in group_by_alpha(source).items():
+        pool = np.concatenate([np.asarray(t.kl, float) for t in ts]) if ts else np.empty(0)
+        pool = pool[np.isfinite(pool)]
+        if pool.size:
+            stats = (float(pool.mean()), *(float(v) for v in np.quantile(pool, [0.5, 0.95])), float(pool.max()))
+        else:
+            stats = (math.nan,) * 4
+        out.append(KLSummary(a, len(ts), int(pool.size), *stats))
+    return out
+
+
+def normalised_kl(traj_kl: Sequence[float] | np.ndarray, n_early: int = 20, q: float = 0.95,
+                  floor: float = 1e-8) -> np.ndarray | None:
+    """The seed's normalised view: per-token KL divided by the trajectory's own q-quantile over its first
+    `n_early` tokens, so y = 1 is "this trace's own early-rollout scale".
+
+    The normaliser is always taken from the RAW KL: smoothing first (as the prototype did with a 301-token rolling
+    mean) would make "first 20 tokens" mean "first ~170". Smooth the returned series afterwards if at all.
+
+    Returns:
+        The normalised series (NaN stays NaN), or None when there is no usable normaliser: it is non-finite or
+        <= `floor` nats (numerically zero). That is always the case at alpha = 0, where steered == base and the KL
+        is exactly 0 -- 0/0 has no meaning, so callers must show those traces some other way, not drop them.
+    """
+    kl = np.asarray(traj_kl, dtype=float)
+    early = kl[: max(int(n_early), 0)]
+    early = early[np.isfinite(early)]
+    if early.size == 0:
+        return None
+    denom = float(np.quantile(early, q))
+    if not math.isfinite(denom) or denom <= floor:
+        return None
+    return kl / denom
+
+
+# --------------------------------------------------------------------------------------------------- display series
+
+
+def rolling_mean(x: Sequence[float] | np.ndarray, width: int) -> np.ndarray:
+    """Centred rolling mean for display (width 1 = unchanged). Near the ends the window shrinks to what exists,
+    so the series keeps its length and is never padded with invented values; NaN entries are ignored."""
+    x = np.asarray(x, dtype=float)
+    width = int(width)
+    if width <= 1 or x.size == 0:
+        return x.copy()
+    ok = np.isfinite(x)
+    v = np.concatenate([[0.0], np.cumsum(np.where(ok, x, 0.0))])
+    c = np.concatenate([[0], np.cumsum(ok)])
+    i = np.arange(x.size)
+    lo = np.clip(i - width // 2, 0, x.size)
+    hi = np.clip(i + (width - 1) // 2 + 1, 0, x.size)
+    n = c[hi] - c[lo]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, (v[hi] - v[lo]) / np.maximum(n, 1), np.nan)
+
+
+def running_median(series: Sequence[Sequence[float] | np.ndarray]) -> np.ndarray:
+    """Median across series at each index, over the series still running there (a series of length L counts for
+    indices < L only; alive and dead alike, so later indices carry survivorship by EOS). NaN where none runs."""
+    series = [np.asarray(s, dtype=float) for s in series]
+    if not series:
+        return np.empty(0)
+    T = max(s.size for s in series)
+    m = np.full((len(series), T), np.nan)
+    for i, s in enumerate(series):
+        m[i, : s.size] = s
+    with warnings.catch_warnings():  # all-NaN columns -> NaN, silently
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmedian(m, axis=0)
