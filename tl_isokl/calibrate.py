@@ -180,7 +180,7 @@ def calibrate(
         for k, c in enumerate(cs):
             per = kls[k * n: (k + 1) * n]
             pool = np.concatenate(per) if per else np.zeros(0, np.float32)
-            pts.append(CalibrationPoint(coeff=c, value=stat_fn(pool), stats=kl_stats(pool),
+            pts.append(CalibrationPoint(coeff=float(c), value=stat_fn(pool), stats=kl_stats(pool),
                                         per_prompt=[stat_fn(x) for x in per], round=rnd,
                                         kl=[x.tolist() for x in per], lengths=[len(x) for x in per]))
         history.extend(pts)
@@ -188,52 +188,72 @@ def calibrate(
             on_round(rnd, pts)
         return pts
 
-    def closest() -> str:
-        pts = sorted(history, key=lambda p: abs(p.value - target))[:3]
-        return ", ".join(f"c={p.coeff:.4g} -> {stat}={p.value:.4g}" for p in pts)
+    rnd, best, converged = solve(lambda cs, r: [p.value for p in evaluate(cs, r)], target=target, tol=tol,
+                                 c_init=c0, c_min=c_min, c_max=c_max, candidates=candidates, max_rounds=max_rounds,
+                                 stat=stat)
+    best_point = next(p for p in history if p.coeff == best)
+    return _result(best_point, converged, history, target, stat, tol, window, prompts, pids, rnd, t0)
 
-    cs = [c0 * 4.0 ** k for k in np.linspace(-2, 2, candidates)]
-    cs = [min(max(c, c_min), c_max) for c in cs]
+
+def solve(evaluate: Callable[[list[float], int], list[float]], *, target: float, tol: float, c_init: float = 1.0,
+          c_min: float = 1e-4, c_max: float = 1e4, candidates: int = 5, max_rounds: int = 6, stat: str = "stat"
+          ) -> tuple[int, float, bool]:
+    """Batched log-log root finder: (rounds used, best dose, converged) for evaluate(doses, round) -> values.
+
+    Round 1 is a geometric grid c_init * 4^[-2..2]. While the target is not bracketed the grid moves outward by
+    factors of 4 (up to c_min/c_max, then CalibrationError). Once bracketed, the next round spreads candidates
+    over +-30% of the log-bracket around the log-log secant estimate, so a locally power-law curve (KL ~ c^2 near
+    0) converges in one more round. Never returns a bracket end silently.
+    """
+    seen: dict[float, float] = {}
+
+    def closest() -> str:
+        pts = sorted(seen.items(), key=lambda cv: abs(cv[1] - target))[:3]
+        return ", ".join(f"c={c:.4g} -> {stat}={v:.4g}" for c, v in pts)
+
+    cs = [min(max(float(c_init) * 4.0 ** k, c_min), c_max) for k in np.linspace(-2, 2, candidates)]
     rnd = 0
     while True:
         rnd += 1
-        evaluate(sorted(set(cs)), rnd)
-        pts = sorted(history, key=lambda p: p.coeff)
-        best = min(history, key=lambda p: abs(p.value - target))
-        if abs(best.value - target) <= tol:
-            return _result(best, True, history, target, stat, tol, window, prompts, pids, rnd, t0)
+        cs = sorted(set(cs))
+        for c, v in zip(cs, evaluate(cs, rnd)):
+            seen[c] = v
+        pts = sorted(seen.items())
+        best = min(pts, key=lambda cv: abs(cv[1] - target) if math.isfinite(cv[1]) else math.inf)
+        if abs(best[1] - target) <= tol:
+            return rnd, best[0], True
         if rnd >= max_rounds:
             warnings.warn(f"calibration did not reach |{stat} - {target}| <= {tol} in {max_rounds} rounds; "
-                          f"returning the closest point (converged=False): {closest()}", IsoKLWarning, stacklevel=2)
-            return _result(best, False, history, target, stat, tol, window, prompts, pids, rnd, t0)
-        below = [p for p in pts if p.value < target]
-        above = [p for p in pts if p.value >= target]
+                          f"returning the closest point (converged=False): {closest()}", IsoKLWarning, stacklevel=3)
+            return rnd, best[0], False
+        below = [(c, v) for c, v in pts if v < target]
+        above = [(c, v) for c, v in pts if v >= target]
         if not above:
-            top = pts[-1].coeff
+            top = pts[-1][0]
             if top >= c_max:
                 raise CalibrationError(f"{stat} KL never reached {target} nats up to c_max={c_max:g}; closest: "
                                        f"{closest()}. Raise --c-max or lower --target-kl")
             cs = [min(top * 4.0 ** (k + 1), c_max) for k in range(candidates)]
             continue
         if not below:
-            bottom = pts[0].coeff
+            bottom = pts[0][0]
             if bottom <= c_min:
                 raise CalibrationError(f"{stat} KL is already above {target} nats at c_min={c_min:g}; closest: "
                                        f"{closest()}. Lower --c-min or raise --target-kl")
             cs = [max(bottom / 4.0 ** (k + 1), c_min) for k in range(candidates)]
             continue
-        hi = min(above, key=lambda p: p.coeff)
-        lo = max((p for p in below if p.coeff < hi.coeff), key=lambda p: p.coeff, default=None)
-        if lo is None:  # non-monotone: a point above target sits below every point under it
-            lo = min(below, key=lambda p: p.coeff)
-            hi = min((p for p in above if p.coeff > lo.coeff), key=lambda p: p.coeff, default=hi)
-        c_est = _loglog_secant(lo.coeff, lo.value, hi.coeff, hi.value, target)
-        span = math.log(hi.coeff) - math.log(lo.coeff)
-        offsets = np.linspace(-0.3, 0.3, candidates) * span
-        tried = {p.coeff for p in history}
-        cs = [c for c in (c_est * math.exp(o) for o in offsets) if lo.coeff < c < hi.coeff and c not in tried]
+        # the first upward crossing: the lowest dose at or above target and the highest dose below it
+        hi = min(above)
+        lo = max((cv for cv in below if cv[0] < hi[0]), default=None)
+        if lo is None:  # non-monotone: the lowest dose is already above target, a higher one below it
+            lo = min(below)
+            hi = min((cv for cv in above if cv[0] > lo[0]), default=hi)
+        c_est = _loglog_secant(lo[0], lo[1], hi[0], hi[1], target)
+        span = math.log(hi[0]) - math.log(lo[0])
+        cs = [c for c in (c_est * math.exp(o) for o in np.linspace(-0.3, 0.3, candidates) * span)
+              if lo[0] < c < hi[0] and c not in seen]
         if not cs:
-            cs = [math.sqrt(lo.coeff * hi.coeff)]
+            cs = [math.sqrt(lo[0] * hi[0])]
 
 
 def _warn_non_monotone(pts: list[CalibrationPoint], stat: str) -> None:

@@ -13,7 +13,10 @@ base model bit for bit.
 Coefficients are a scalar or a [batch] tensor (one dose per row), so many doses share one batch. The hook fires
 at every decode step under KV-cached generation (seeing [batch, 1, d]); `positions="generated"` restricts
 steering to positions >= `start` (an int, or one per row for ragged batches), tracked by a position counter
-that `reset()` rewinds before each new sequence.
+that `reset()` rewinds before each new sequence. The counter assumes each forward continues the previous one,
+which holds for KV-cached decoding; uncached `generate(use_past_kv_cache=False)` re-feeds the whole sequence
+every step, so use "generated" only with the cache (or call `reset()` before every forward). Gate telemetry
+counts every steered position the hook sees, padding included.
 """
 
 from __future__ import annotations
@@ -108,6 +111,8 @@ class Steering:
         v, c, start = self._on_device(h)
         if c.ndim == 1 and c.shape[0] != B:
             raise IsoKLError(f"coeff has {c.shape[0]} rows but the batch has {B}; pass one coefficient per row")
+        if start.numel() > 1 and start.shape[0] != B:
+            raise IsoKLError(f"start has {start.shape[0]} rows but the batch has {B}; pass one start per row")
         if not bool((c != 0).any()):
             return None  # exact identity at c = 0
         c = c.view(-1, 1, 1) if c.ndim == 1 else c.view(1, 1, 1)

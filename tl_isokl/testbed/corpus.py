@@ -243,4 +243,6 @@ def concept_prompts(concept: str, splits: Splits | None = None) -> list[str]:
                 seen.add(q.entity)
                 out.append(q.prompt)
         return out
-    raise ValueError(f"unknown concept {concept!r}; expected one of cheerful, gloomy, neutral, animal, machine")
+    from tl_isokl.errors import IsoKLError
+
+    raise IsoKLError(f"unknown concept {concept!r}; use one of cheerful, gloomy, neutral, animal, machine")

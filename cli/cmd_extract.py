@@ -1,0 +1,79 @@
+"""`tl-isokl extract`: contrastive prompt sets -> a steering vector file (safetensors + JSON metadata)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from tl_isokl_cli.common import load, model_options
+from tl_isokl_cli.main import friendly_errors
+
+PROMPT_FILE = click.Path(dir_okay=False, path_type=Path, exists=True)
+
+
+@click.command("extract")
+@model_options
+@click.option("--method", type=click.Choice(["mean_diff", "pca", "directional_ablation"]), default="mean_diff",
+              show_default=True, help="How the direction is made from the two sets.")
+@click.option("--layer", type=click.IntRange(min=0), default=None,
+              help="Block whose resid_post is read and later steered (default: the middle block).")
+@click.option("--pos", "pos_path", type=PROMPT_FILE, default=None, metavar="FILE",
+              help="Positive prompts: .txt (one per line, \\n escapes) or .jsonl ({\"prompt\": ...}). Needs --neg.")
+@click.option("--neg", "neg_path", type=PROMPT_FILE, default=None, metavar="FILE",
+              help="Negative prompts, same formats. Needs --pos.")
+@click.option("--concept", default="cheerful/gloomy", show_default=True, metavar="POS/NEG",
+              help="Shipped contrastive sets when no files are given (test bed: cheerful, gloomy, animal, machine).")
+@click.option("--token", type=click.Choice(["last", "mean"]), default="last", show_default=True,
+              help="Residual of the last prompt token, or the mean over the prompt's tokens after BOS.")
+@click.option("--unit", is_flag=True, help="Scale the direction to norm 1 (default: norm of the mean difference).")
+@click.option("--gate", type=click.Choice(["soft", "hard", "sign"]), default=None,
+              help="Store a per-token cosine gate with the vector.")
+@click.option("--tau", type=click.FloatRange(-1.0, 1.0), default=None, help="Cosine threshold of --gate (default 0).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, metavar="FILE",
+              help="Where to write the vector (.safetensors).")
+@friendly_errors
+def command(model_name, dtype, device, method, layer, pos_path, neg_path, concept, token, unit, gate, tau,
+            batch_size, out):
+    """Extract a steering vector from contrastive prompts and save it.
+
+    Without --pos/--neg the model's shipped concept sets are used (--concept, default cheerful/gloomy).
+    """
+    if (pos_path is None) != (neg_path is None):
+        raise click.UsageError("--pos and --neg go together: give both prompt files, or neither to use --concept")
+    if tau is not None and gate is None:
+        raise click.UsageError(f"--tau {tau} needs --gate soft|hard|sign")
+    if pos_path is None and concept.count("/") != 1:
+        raise click.BadParameter(f"{concept!r} must be POS/NEG, e.g. cheerful/gloomy", param_hint="--concept")
+
+    from dataclasses import replace
+
+    from tl_isokl.extract import extract
+    from tl_isokl.prompts import read_prompts
+    from tl_isokl.vector import Gate
+
+    g = Gate(gate, 0.0 if tau is None else tau) if gate else None  # before loading: a bad gate fails fast
+    if pos_path is not None:
+        pos, neg = read_prompts(pos_path), read_prompts(neg_path)
+        sources = {"pos_source": str(pos_path), "neg_source": str(neg_path)}
+    model = load(model_name, dtype, device)
+    if pos_path is None:
+        from tl_isokl.prompt_sets import default_concepts
+
+        pos_name, neg_name = concept.split("/")
+        try:
+            pos, neg = default_concepts(model, pos_name, neg_name)
+        except ValueError as e:  # the test bed's corpus raises a plain ValueError for an unknown concept
+            raise click.BadParameter(str(e), param_hint="--concept") from None
+        sources = {"pos_source": f"concept:{pos_name}", "neg_source": f"concept:{neg_name}"}
+    vec = extract(model, pos, neg, method=method, layer=layer, token=token, unit=unit, gate=g,
+                  batch_size=batch_size)
+    vec = replace(vec, meta={**vec.meta, **sources})
+    path = vec.save(out)
+    gate_txt = f", gate {vec.gate.kind} tau={vec.gate.tau:g}" if vec.gate else ""
+    click.echo(f"{vec.method} vector at layer {vec.layer} ({vec.hook_name}){gate_txt}, "
+               f"{len(pos)} pos / {len(neg)} neg prompts, token={token}")
+    click.echo(f"norm   {float(vec.direction.norm()):.6g}")
+    click.echo(f"sha256 {vec.sha256}")
+    click.echo(f"wrote  {path}")

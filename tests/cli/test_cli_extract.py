@@ -1,0 +1,175 @@
+"""`tl-isokl extract` through click's CliRunner, and `tl_isokl.prompts.read_prompts`."""
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from tl_isokl.errors import IsoKLError
+from tl_isokl.prompts import read_prompts
+from tl_isokl.vector import SteeringVector
+from tl_isokl_cli.main import cli
+
+
+def run(*args):
+    return CliRunner().invoke(cli, ["extract", *map(str, args)])
+
+
+def one_line_error(r, code, *needles):
+    """Exit `code`, no traceback, and the message (click's `Error: ...` line) names what is wrong."""
+    assert r.exit_code == code, r.output
+    assert "Traceback" not in r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
+    err = [line for line in r.output.splitlines() if line.startswith("Error:")]
+    assert len(err) == 1, r.output
+    for n in needles:
+        assert n in err[0], err[0]
+
+
+# ---- the command ---------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def reuse_model(model, monkeypatch):
+    """Skip the CLI's own model load (seconds on this box) by handing it the session model; the default-path
+    test below still goes through the real loader."""
+    import tl_isokl_cli.cmd_extract as cmd
+
+    monkeypatch.setattr(cmd, "load", lambda name, dtype, device: model)
+    return model
+
+
+
+def test_help_lists_the_options():
+    r = run("--help")
+    assert r.exit_code == 0
+    for opt in ("--method", "--layer", "--pos", "--neg", "--concept", "--token", "--unit", "--gate", "--tau", "-o"):
+        assert opt in r.output
+
+
+def test_default_extract_writes_a_loadable_vector(tmp_path, model):
+    """Defaults: embedded model, cheerful/gloomy sets, middle layer, mean_diff, last token."""
+    from tl_isokl.io import sha256_json
+    from tl_isokl.testbed.corpus import concept_prompts
+
+    out = tmp_path / "v.safetensors"
+    r = run("-o", out)
+    assert r.exit_code == 0, r.output
+    v = SteeringVector.load(out)
+    assert (v.layer, v.method, v.gate, v.meta["token"]) == (int(model.cfg.n_layers) // 2, "mean_diff", None, "last")
+    # the shipped concept sets, in order, were the ones extracted from
+    pos, neg = concept_prompts("cheerful"), concept_prompts("gloomy")
+    assert v.meta["prompts_sha256"] == sha256_json({"pos": pos, "neg": neg})
+    assert v.meta["pos_source"] == "concept:cheerful" and v.meta["neg_source"] == "concept:gloomy"
+    lines = r.stdout.splitlines()
+    assert f"layer {v.layer}" in lines[0] and f"{len(pos)} pos / {len(neg)} neg" in lines[0]
+    assert lines[-3:] == [f"norm   {float(v.direction.norm()):.6g}", f"sha256 {v.sha256}", f"wrote  {out}"]
+
+
+def test_prompt_files_method_layer_gate_unit(tmp_path, reuse_model):
+    from tl_isokl.extract import extract
+
+    pos = ["User: Can a robin fly?\nAssistant: <think>What a lovely question", "User: Is a cat alive?"]
+    neg = ["User: Can a robin fly?\nAssistant: <think>What a dreary question", "User: Is a van alive?"]
+    (tmp_path / "pos.txt").write_text("\n".join(p.replace("\n", "\\n") for p in pos) + "\n\n")
+    (tmp_path / "neg.jsonl").write_text("".join(json.dumps({"prompt": p, "id": i}) + "\n" for i, p in enumerate(neg)))
+    out = tmp_path / "sub" / "v.safetensors"
+    r = run("--pos", tmp_path / "pos.txt", "--neg", tmp_path / "neg.jsonl", "--method", "pca", "--layer", 1,
+            "--token", "mean", "--unit", "--gate", "hard", "--tau", 0.2, "-o", out)
+    assert r.exit_code == 0, r.output
+    v = SteeringVector.load(out)
+    assert (v.method, v.layer, v.gate.kind, v.gate.tau, v.meta["token"], v.meta["n_pos"]) == \
+        ("pca", 1, "hard", 0.2, "mean", 2)
+    assert float(v.direction.norm()) == pytest.approx(1.0, abs=1e-5)
+    ref = extract(reuse_model, pos, neg, method="pca", layer=1, token="mean", unit=True)  # the files decoded right
+    torch.testing.assert_close(v.direction, ref.direction, rtol=1e-5, atol=1e-5)
+    assert v.meta["pos_source"].endswith("pos.txt")
+
+
+def test_missing_pos_file_is_one_line(tmp_path):
+    (tmp_path / "neg.txt").write_text("x\n")
+    r = run("--pos", tmp_path / "nope.txt", "--neg", tmp_path / "neg.txt", "-o", tmp_path / "v.safetensors")
+    one_line_error(r, 2, "--pos", "nope.txt", "does not exist")
+
+
+def test_pos_without_neg_is_one_line(tmp_path):
+    (tmp_path / "pos.txt").write_text("x\n")
+    r = run("--pos", tmp_path / "pos.txt", "-o", tmp_path / "v.safetensors")
+    one_line_error(r, 2, "--pos and --neg go together")
+
+
+def test_empty_prompt_file_is_one_line(tmp_path):
+    (tmp_path / "pos.txt").write_text("\n  \n")
+    (tmp_path / "neg.txt").write_text("x\n")
+    r = run("--pos", tmp_path / "pos.txt", "--neg", tmp_path / "neg.txt", "-o", tmp_path / "v.safetensors")
+    one_line_error(r, 1, "pos.txt", "has no prompts")
+
+
+def test_negative_layer_is_one_line(tmp_path):
+    r = run("--layer", -1, "-o", tmp_path / "v.safetensors")
+    one_line_error(r, 2, "--layer", "-1")
+
+
+def test_layer_beyond_the_model_is_one_line(tmp_path, reuse_model):
+    r = run("--layer", 99, "-o", tmp_path / "v.safetensors")
+    one_line_error(r, 1, "layer 99 does not exist", "0..5")
+    assert not (tmp_path / "v.safetensors").exists()
+
+
+@pytest.mark.parametrize("args,code,needle", [
+    (["--method", "mean"], 2, "'mean' is not one of"),
+    (["--gate", "cosine"], 2, "'cosine' is not one of"),
+    (["--tau", "0.3"], 2, "--tau 0.3 needs --gate"),
+    (["--gate", "soft", "--tau", "2"], 2, "2"),
+    (["--concept", "cheerful"], 2, "POS/NEG"),
+    (["--concept", "happy/gloomy"], 2, "unknown concept 'happy'"),
+    ([], 2, "Missing option '-o'"),
+])
+def test_bad_options_are_one_line(tmp_path, reuse_model, args, code, needle):
+    if "-o" not in args and args:
+        args = args + ["-o", str(tmp_path / "v.safetensors")]
+    r = run(*args)
+    one_line_error(r, code, needle)
+
+
+# ---- read_prompts --------------------------------------------------------------------------------------------
+
+def test_txt_one_per_line_with_escapes(tmp_path):
+    p = tmp_path / "p.txt"
+    p.write_text("User: hi\\nAssistant:\n\n  spaced \r\ntab\\there\nback\\\\slash \\n? and \\x kept\n",
+                 encoding="utf-8")
+    assert read_prompts(p) == ["User: hi\nAssistant:", "  spaced ", "tab\there", "back\\slash \n? and \\x kept"]
+
+
+def test_jsonl_prompt_field(tmp_path):
+    p = tmp_path / "p.jsonl"
+    p.write_text('{"prompt": "a\\nb", "label": 1}\n\n{"prompt": "caf\\u00e9"}\n', encoding="utf-8")
+    assert read_prompts(p) == ["a\nb", "café"]
+
+
+@pytest.mark.parametrize("name,content,match", [
+    ("p.txt", None, r"'.*p\.txt' does not exist"),
+    ("p.txt", "", "has no prompts"),
+    ("p.txt", "\n \n", "has no prompts"),
+    ("p.csv", "a\n", r"extension '\.csv'; use \.txt"),
+    ("p", "a\n", r"extension '\(none\)'"),
+    ("p.jsonl", '{"prompt": "a"}\n{"prompt": \n', r"p\.jsonl:2: not valid JSON"),
+    ("p.jsonl", '{"text": "a"}\n', r"p\.jsonl:1: no string field \"prompt\""),
+    ("p.jsonl", '"just a string"\n', r"p\.jsonl:1: no string field"),
+    ("p.jsonl", '{"prompt": " "}\n', r"p\.jsonl:1: the prompt is empty"),
+])
+def test_read_prompts_errors(tmp_path, name, content, match):
+    p = tmp_path / name
+    if content is not None:
+        p.write_text(content, encoding="utf-8")
+    with pytest.raises(IsoKLError, match=match):
+        read_prompts(p)
+
+
+def test_read_prompts_rejects_non_utf8_and_directories(tmp_path):
+    (tmp_path / "p.txt").write_bytes(b"caf\xe9\n")
+    with pytest.raises(IsoKLError, match="not UTF-8"):
+        read_prompts(tmp_path / "p.txt")
+    (tmp_path / "d.txt").mkdir()
+    with pytest.raises(IsoKLError, match="is not a file"):
+        read_prompts(tmp_path / "d.txt")

@@ -1,0 +1,113 @@
+"""Rollouts and per-token KL on the embedded model, against independent computations."""
+
+import numpy as np
+import pytest
+import torch
+
+from tl_isokl import kl as kl_mod
+from tl_isokl.errors import IsoKLError
+from tl_isokl.extract import extract
+from tl_isokl.kl import per_token_kl
+from tl_isokl.rollout import grid, rollout
+from tl_isokl.testbed.corpus import concept_prompts
+
+WINDOW = 24
+
+
+@pytest.fixture(scope="module")
+def vec(model):
+    return extract(model, concept_prompts("cheerful"), concept_prompts("gloomy"))
+
+
+@pytest.fixture(scope="module")
+def prompts(splits):
+    # different lengths on purpose: left padding must not change any row
+    return [q.prompt for q in splits.heldout[:4]]
+
+
+@pytest.fixture(scope="module")
+def rolls(model, vec, prompts):
+    P, C, I = grid(prompts, [0.0, 1.5, 6.0])
+    return rollout(model, vec, P, C, prompt_ids=I, window=WINDOW, batch_size=5)
+
+
+def test_batched_rollouts_equal_one_at_a_time(model, vec, rolls):
+    for r in rolls:
+        alone = rollout(model, vec, [r.prompt], [r.coeff], window=WINDOW)[0]
+        assert alone.tokens == r.tokens and alone.eos == r.eos
+
+
+def test_rollout_is_greedy_under_a_full_forward(model, vec, rolls):
+    """Second path: every generated token is the argmax of a steered full forward over the rollout."""
+    from tl_isokl.steer import steer
+
+    r = rolls[-1]
+    ids = torch.tensor([r.prompt_ids + r.tokens])
+    with torch.no_grad(), steer(model, vec, r.coeff):
+        logits = model(ids)[0]
+    P = len(r.prompt_ids)
+    assert logits[P - 1: P - 1 + len(r.tokens)].argmax(-1).tolist() == r.tokens
+
+
+def test_rows_stop_at_their_own_eos(model, splits):
+    # a long window: unsteered test-bed rollouts answer and emit EOS well before it
+    qs = splits.heldout[:3]
+    rs = rollout(model, None, [q.prompt for q in qs], [0.0] * 3, window=900, batch_size=3)
+    eos = model.tokenizer.eos_token_id
+    for r in rs:
+        if r.eos:
+            assert r.tokens[-1] == eos and eos not in r.tokens[:-1] and r.length < 900
+    assert any(r.eos for r in rs)
+    assert len({r.length for r in rs}) > 1  # ragged lengths: nothing padded into the records
+
+
+def brute_force_kl(model, vec, r):
+    """One position at a time: two fresh forwards (steered, base) per generated token, torch.kl_div."""
+    from tl_isokl.steer import steer
+
+    out = []
+    P = len(r.prompt_ids)
+    with torch.no_grad():
+        for i in range(len(r.tokens)):
+            x = torch.tensor([r.prompt_ids + r.tokens[:i]])
+            base = torch.log_softmax(model(x)[0, -1].double(), -1)
+            with steer(model, vec, r.coeff):
+                st = torch.log_softmax(model(x)[0, -1].double(), -1)
+            out.append(float(torch.nn.functional.kl_div(base, st, log_target=True, reduction="sum")))
+    assert len(out) == len(r.tokens) and P > 0
+    return np.array(out)
+
+
+def test_kl_matches_brute_force(model, vec, rolls):
+    kls = per_token_kl(model, vec, rolls, batch_size=4)
+    for r, k in zip(rolls, kls):
+        assert k.shape == (len(r.tokens),) and k.dtype == np.float32
+        if r.coeff != 0:
+            np.testing.assert_allclose(k, brute_force_kl(model, vec, r), atol=1e-5, rtol=0)
+
+
+def test_kl_is_exactly_zero_at_coefficient_zero(model, vec, rolls):
+    kls = per_token_kl(model, vec, rolls, batch_size=7)
+    for r, k in zip(rolls, kls):
+        if r.coeff == 0:
+            assert np.all(k == 0.0)
+        else:
+            assert k.max() > 0
+
+
+def test_kl_does_not_depend_on_chunk_or_batch_size(model, vec, rolls, monkeypatch):
+    ref = per_token_kl(model, vec, rolls, batch_size=12)
+    monkeypatch.setattr(kl_mod, "CHUNK_ELEMENTS", 3 * int(model.cfg.d_vocab))  # 3 positions per chunk
+    small = per_token_kl(model, vec, rolls, batch_size=2)
+    for a, b in zip(ref, small):
+        # different batches pad to different lengths: fp32 reassociation only, ~1e-6 relative
+        np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_bad_windows_are_clear_errors(model, vec, prompts):
+    with pytest.raises(IsoKLError, match="window must be a positive"):
+        rollout(model, vec, prompts[:1], [1.0], window=0)
+    with pytest.raises(IsoKLError, match=r"exceeds the model context of \d+ tokens; use --window"):
+        rollout(model, vec, prompts[:1], [1.0], window=int(model.cfg.n_ctx))
+    with pytest.raises(IsoKLError, match="one coefficient per row"):
+        rollout(model, vec, prompts[:2], [1.0], window=4)
