@@ -71,7 +71,7 @@ def main():
             probe_reference(model, vec, r, ft)
     sec_ref = time.perf_counter() - t
     rows.append((f"probe packed ({nforks} forks, 8 rows)", sec_fast, f"{nforks / sec_fast:,.1f} forks/s"))
-    rows.append((f"probe fresh forward per fork", sec_ref, f"{sec_ref / sec_fast:.1f}x slower than packed"))
+    rows.append(("probe fresh forward per fork", sec_ref, f"{sec_ref / sec_fast:.1f}x slower than packed"))
 
     _, cal_prompts = ik.default_prompts(model, "calibration")
     t = time.perf_counter()

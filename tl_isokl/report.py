@@ -143,7 +143,7 @@ def write_report(run_dir: str | Path) -> Path:
             "Death = first fork with pmass < threshold (absorbing). Rollouts that end at EOS alive are "
             "right-censored at their length, those alive at the window at the window (`eos` counts the first).",
             "S@t: Kaplan-Meier S just after token t. median: first token with S <= 0.5 (— = not reached), with "
-            f"its 95% band (median_low, median_high) from the pointwise log-log band.",
+            "its 95% band (median_low, median_high) from the pointwise log-log band.",
             "p_vs_0 / p_vs_1: two-sided log-rank p against alpha = 0 / alpha = 1 (— = no such comparison, "
             "n/a = undefined: no deaths in either group).",
         ]),

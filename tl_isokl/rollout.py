@@ -9,7 +9,7 @@ position ids, so a row's rollout in a batch is token-identical to its rollout al
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -32,7 +32,6 @@ class Rollout:
     eos: bool
     window: int
     text: str = ""
-    extra: dict = field(default_factory=dict)
 
     @property
     def length(self) -> int:

@@ -1,7 +1,6 @@
 """The iso-KL root finder on synthetic dose-response curves (no model): rounds, accuracy, refusal to guess."""
 
 import math
-import warnings
 
 import numpy as np
 import pytest

@@ -126,7 +126,7 @@ def packed_batches(tok, questions, batch_size: int, seed: int, p_probe: float):
                     pending = make_example(tok, rng.choice(questions), rng, p_probe)
                 ex_x, ex_y = pending
                 if len(ex_x) > SEQ_LEN + 1:
-                    pending = None  # never happens with the shipped corpus; skip rather than truncate
+                    pending = None  # rare (a 50-fact thinking full of mood lines): skip, never truncate
                     continue
                 if len(row_x) + len(ex_x) > SEQ_LEN + 1:
                     break
