@@ -34,15 +34,10 @@ def cli():
 
 
 def _register():
-    from importlib import import_module
+    from tl_isokl_cli import (cmd_calibrate, cmd_cosine, cmd_extract, cmd_inspect, cmd_plot, cmd_report,
+                              cmd_sweep)
 
-    for name in ("extract", "calibrate", "sweep", "inspect", "cosine", "plot", "report", "demo"):
-        try:
-            mod = import_module(f"tl_isokl_cli.cmd_{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"tl_isokl_cli.cmd_{name}":
-                continue  # command not built yet
-            raise
+    for mod in (cmd_extract, cmd_calibrate, cmd_sweep, cmd_inspect, cmd_cosine, cmd_plot, cmd_report):
         cli.add_command(mod.command)
 
 

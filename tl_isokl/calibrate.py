@@ -232,14 +232,14 @@ def solve(evaluate: Callable[[list[float], int], list[float]], *, target: float,
             top = pts[-1][0]
             if top >= c_max:
                 raise CalibrationError(f"{stat} KL never reached {target} nats up to c_max={c_max:g}; closest: "
-                                       f"{closest()}. Raise --c-max or lower --target-kl")
+                                       f"{closest()}. Raise c_max (`tl-isokl calibrate --c-max`) or lower the target")
             cs = [min(top * 4.0 ** (k + 1), c_max) for k in range(candidates)]
             continue
         if not below:
             bottom = pts[0][0]
             if bottom <= c_min:
                 raise CalibrationError(f"{stat} KL is already above {target} nats at c_min={c_min:g}; closest: "
-                                       f"{closest()}. Lower --c-min or raise --target-kl")
+                                       f"{closest()}. Lower c_min (`tl-isokl calibrate --c-min`) or raise the target")
             cs = [max(bottom / 4.0 ** (k + 1), c_min) for k in range(candidates)]
             continue
         # the first upward crossing: the lowest dose at or above target and the highest dose below it

@@ -14,6 +14,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
@@ -24,6 +27,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+            os.fchmod(f.fileno(), 0o666 & ~_UMASK)  # mkstemp creates 0600; published files should be readable
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -200,4 +200,11 @@ def load_recorded_model(manifest: dict[str, Any], *, device: str | None = None):
     dtype = manifest.get("dtype") or "float32"
     if name == EMBEDDED_NAME:
         return load_model(None, device=device, dtype=dtype)
-    return load_model(name, device=device, dtype=dtype, revision=manifest.get("revision"))
+    try:
+        return load_model(name, device=device, dtype=dtype, revision=manifest.get("revision"))
+    except ModelLoadError:
+        # a relative folder recorded from another working directory: fall back to the absolute path, if recorded
+        alt = manifest.get("model_path")
+        if alt and Path(alt).is_dir() and str(alt) != str(name):
+            return load_model(alt, device=device, dtype=dtype, revision=manifest.get("revision"))
+        raise

@@ -141,9 +141,14 @@ def probe(
     schedule: str | int = "log2",
     forks: Sequence[Sequence[int]] | None = None,
     batch_size: int = 8,
+    positions: str = "all",
     progress: Callable[[int], None] | None = None,
 ) -> list[list[ForkProbe]]:
-    """Fork probes for each rollout (steered at the rollout's own coefficient), fast packed path."""
+    """Fork probes for each rollout (steered at the rollout's own coefficient), fast packed path.
+
+    `positions` must match the rollout's: with "generated" the prompt is unsteered and the rollout and every
+    spliced segment (all after the prompt) are steered.
+    """
     segs = _Segments(model, spec)
     final = hook_name(int(model.cfg.n_layers) - 1)
     dev = model.cfg.device
@@ -171,7 +176,8 @@ def probe(
         hooks = []
         if vector is not None:
             coeffs = torch.tensor([r.coeff for r in rows], dtype=torch.float32)
-            hooks = Steering(vector, coeffs).reset(0).fwd_hooks()
+            starts = torch.tensor([len(r.prompt_ids) for r in rows])  # packed rows are unpadded: prompt first
+            hooks = Steering(vector, coeffs, positions=positions, start=starts).reset(0).fwd_hooks()
         with model.hooks(fwd_hooks=hooks):
             _, cache = model.run_with_cache(ids.to(dev), attention_mask=mask4.to(dev), position_ids=pos.to(dev),
                                             names_filter=[final], logits_to_keep=1)

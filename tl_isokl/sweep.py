@@ -127,7 +127,8 @@ def sweep(
                               f"threshold, probe or prompts); pass a new --out folder")
     info = model_info(model)
     manifest = base_manifest(
-        "sweep", model=info.get("name"), revision=info.get("revision"), dtype=info.get("dtype"),
+        "sweep", model=info.get("name"), model_path=info.get("path"), revision=info.get("revision"),
+        dtype=info.get("dtype"),
         device=info.get("device"), layer=vector.layer, method=vector.method,
         gate=vector.gate.to_dict() if vector.gate else None, vector_sha256=vector.sha256,
         prompts_sha256=ident["prompts_sha256"], n_prompts=len(prompts), seed=seed, window=int(window),
@@ -170,7 +171,7 @@ def run_cell(model, vector: SteeringVector, alpha: float, cfg: SweepConfig, *, b
                     positions=cfg.positions, progress=tick("rollout"))
     kls = per_token_kl(model, vector, rolls, batch_size=batch_size, positions=cfg.positions, progress=tick("kl"))
     forks = probe(model, vector, rolls, spec=cfg.spec, schedule=cfg.schedule, batch_size=probe_batch_size,
-                  progress=tick("probe"))
+                  positions=cfg.positions, progress=tick("probe"))
     return [Trajectory(prompt_id=r.prompt_id, prompt=r.prompt, alpha=float(alpha), coeff=coeff, tokens=r.tokens,
                        text=r.text, kl=[float(x) for x in k], eos=r.eos, window=r.window, forks=f)
             for r, k, f in zip(rolls, kls, forks)]

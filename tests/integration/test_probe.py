@@ -6,7 +6,7 @@ import torch
 
 from tl_isokl.errors import IsoKLError
 from tl_isokl.extract import extract
-from tl_isokl.probe import PREFILL, ProbeSpec, default_forks, fork_points, probe, probe_reference
+from tl_isokl.probe import PREFILL, ProbeSpec, default_forks, fork_points, probe, probe_forks, probe_reference
 from tl_isokl.rollout import Rollout, grid, rollout
 from tl_isokl.testbed.corpus import concept_prompts
 
@@ -44,7 +44,7 @@ def test_packed_probe_equals_manual_forward(model, vec, rolls):
     res = probe(model, vec, rolls, batch_size=3)
     checked = 0
     for r, forks in zip(rolls, res):
-        assert [f.t for f in forks] == [t for t in default_forks(r)]  # no </think> inside 40 tokens here
+        assert [f.t for f in forks] == [t for t, _ in probe_forks(model, ProbeSpec(), r, default_forks(r))]
         for f in forks[:: max(1, len(forks) // 3)]:
             pm, pt = manual_pmass(model, vec, r, f.t)
             assert abs(f.pmass - pm) < 1e-4 and abs(f.p_true - pt) < 1e-4

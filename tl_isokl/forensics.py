@@ -1,0 +1,408 @@
+"""Where dead traces die: the tokens around a death fork, recomputed by teacher forcing, and a rule-based label.
+
+Two halves, one with a model and one without:
+
+* `inspect_trace` / `death_table` (model): one teacher-forced steered forward and one base forward over
+  prompt + rollout recompute, per generated token, the KL the sweep stored, both models' top-k next tokens, the
+  steered entropy, the log-probability each model gave the rollout's token, and the cosine between the steered
+  layer's residual and the direction. The recomputed KL must equal the stored one (the sweep batched and padded;
+  this path does not), which makes every table self-checking.
+* `label_death` (no model): a pure function of a `Trajectory` that names the likely failure mode from the stored
+  KL, tokens and forks: "kl_spike", "repetition_loop" or "format_fragile".
+
+Alignment convention used everywhere here: row i describes generated token i and the *distribution that produced
+it*, i.e. the model at position len(prompt) + i - 1 (the same alignment as `Trajectory.kl`). Fork t was spliced
+after t generated tokens, so it sits right before token t; the death fork is the first fork below threshold.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from tl_isokl.errors import IsoKLError
+from tl_isokl.records import Fate, ForkProbe, Trajectory, fate
+
+LABELS = ("kl_spike", "repetition_loop", "format_fragile")
+
+
+# ------------------------------------------------------------------------------------------------ labelling
+
+
+def _tandem_repeat(tokens: Sequence[int], max_n: int, min_repeats: int) -> dict[str, Any] | None:
+    """Longest back-to-back repetition of a unit of 1..max_n tokens inside `tokens` (None if < min_repeats).
+
+    A unit u of length n repeated r times covers r * n consecutive tokens with tokens[j] == tokens[j + n]
+    throughout. Among units that reach min_repeats the one covering the most tokens wins (ties: shorter unit).
+    """
+    best = None
+    toks = list(tokens)
+    for n in range(1, max_n + 1):
+        j = 0
+        while j + n < len(toks):
+            k = j
+            while k + n < len(toks) and toks[k] == toks[k + n]:
+                k += 1
+            run = k - j + n  # tokens covered by the repetition that starts at j
+            reps = run // n
+            if reps >= min_repeats and (best is None or reps * n > best["span"]):
+                best = {"n": n, "repeats": reps, "start": j, "span": reps * n, "unit": toks[j: j + n]}
+            j = max(k, j + 1)
+    return best
+
+
+def _count_repeat(tokens: Sequence[int], max_n: int, min_repeats: int) -> dict[str, Any] | None:
+    """Most frequent n-gram (n in 1..max_n, non-overlapping occurrences anywhere in `tokens`)."""
+    best = None
+    toks = list(tokens)
+    for n in range(1, max_n + 1):
+        seen: dict[tuple, list[int]] = {}
+        for j in range(len(toks) - n + 1):
+            key = tuple(toks[j: j + n])
+            starts = seen.setdefault(key, [])
+            if not starts or j >= starts[-1] + n:
+                starts.append(j)
+        for key, starts in seen.items():
+            reps = len(starts)
+            if reps >= min_repeats and (best is None or reps * n > best["span"]):
+                best = {"n": n, "repeats": reps, "start": starts[0], "span": reps * n, "unit": list(key)}
+    return best
+
+
+def label_death(
+    traj: Trajectory,
+    threshold: float,
+    *,
+    k: float = 3.0,
+    min_kl: float = 0.1,
+    lookback: int = 16,
+    since_alive: bool = True,
+    ngram: int = 4,
+    repeats: int = 3,
+    contiguous: bool = True,
+) -> tuple[str, dict[str, Any]]:
+    """Name the likely cause of a trace's death from its stored KL, tokens and forks (no model).
+
+    The lookback window is the generated tokens [max(t - lookback, t_alive), t), where t is the death fork
+    (tokens the model had written when it failed the probe) and t_alive the last fork that was still alive
+    (`since_alive=True`): something the model demonstrably survived is not the cause of its death.
+
+    Rules, first match wins:
+
+    1. "kl_spike": a token in the window has KL > max(k x p95, min_kl), p95 taken over all of the trajectory's
+       finite KL values. The intervention itself moved one distribution far more than usual just before death.
+    2. "repetition_loop": a unit of 1..`ngram` tokens occurs >= `repeats` times in the window; back to back
+       when `contiguous` (a loop), anywhere otherwise. The text collapsed while the steering budget looked fine.
+    3. "format_fragile": neither. KL stayed in its usual range and the text did not loop, yet the model lost
+       the JSON answer format: the probe broke under ordinary steering (also every death at fork 0).
+
+    Why this order: KL is the direct measurement of steering vs base on the same context, while a loop can be
+    the base model's own degeneracy (small models loop unsteered, and then KL stays low). A loop after a spike
+    is most often the spike's consequence, so the spike is named and the loop is reported in `also`.
+
+    Why these defaults: k = 3 is three times the trajectory's own p95, so it is scale-free across alphas and a
+    single outlier in 20+ tokens cannot move p95 itself; min_kl = 0.1 nat (a tenth of the usual 1-nat budget)
+    keeps noise at alpha ~ 0 (p95 ~ 1e-4) from being called a spike; lookback = 16 equals `inspect`'s default
+    radius, so the label sees what the page shows; contiguous repeats with repeats = 3 because counting
+    anywhere flags function words (" the" four times in 16 tokens is plain English), while a model stuck in a
+    loop repeats back to back.
+
+    Args:
+        traj: a trajectory that died at `threshold`.
+        threshold: pmass threshold for alive/dead (the run's `threshold`).
+
+    Returns:
+        (label, evidence). Evidence keys: death_t, window [start, stop), p95, spike_threshold, max_kl,
+        max_kl_index, ratio (max_kl / p95), loop (n, repeats, start, span, unit) or None, fired (every rule
+        that matched, in precedence order), also (fired minus the label), summary (one line for tables).
+
+    Raises:
+        IsoKLError: the trajectory did not die at this threshold.
+    """
+    if k <= 0 or min_kl < 0 or lookback < 1 or ngram < 1 or repeats < 2:
+        raise IsoKLError(f"need k > 0, min_kl >= 0, lookback >= 1, ngram >= 1, repeats >= 2; got k={k}, "
+                         f"min_kl={min_kl}, lookback={lookback}, ngram={ngram}, repeats={repeats}")
+    f = fate(traj, threshold)
+    if not f.died:
+        raise IsoKLError(f"trace {traj.prompt_id!r} at alpha {traj.alpha:g} did not die at threshold {threshold:g} "
+                         f"(censored at token {f.time}); label_death needs a dead trace")
+    t = f.time
+    start = max(0, t - int(lookback))
+    t_alive = last_alive_fork(traj, threshold)
+    if since_alive and t_alive is not None:
+        start = max(start, t_alive)
+    stop = min(t, traj.length)
+    kl = np.asarray(traj.kl, dtype=float)
+    finite = kl[np.isfinite(kl)]
+    p95 = float(np.percentile(finite, 95)) if finite.size else float("nan")
+    spike_thr = max(k * p95, min_kl) if math.isfinite(p95) else float("inf")
+    win = kl[start:stop]
+    ev: dict[str, Any] = {"death_t": t, "window": [start, stop], "last_alive_fork": t_alive, "p95": p95,
+                          "spike_threshold": spike_thr, "max_kl": None, "max_kl_index": None, "ratio": None}
+    fired = []
+    if win.size and np.isfinite(win).any():
+        j = int(np.nanargmax(win))
+        mx = float(win[j])
+        ev.update(max_kl=mx, max_kl_index=start + j, ratio=mx / p95 if p95 > 0 else float("inf") if mx > 0 else 0.0)
+        if mx > spike_thr:
+            fired.append("kl_spike")
+    finder = _tandem_repeat if contiguous else _count_repeat
+    loop = finder(traj.tokens[start:stop], ngram, repeats)
+    if loop is not None:
+        loop["start"] += start
+        fired.append("repetition_loop")
+    ev["loop"] = loop
+    label = fired[0] if fired else "format_fragile"
+    ev["fired"] = fired
+    ev["also"] = [x for x in fired if x != label]
+    ev["summary"] = _summary(label, ev)
+    return label, ev
+
+
+def _summary(label: str, ev: dict[str, Any]) -> str:
+    """The one-line 'top evidence' of a label, for tables."""
+    if label == "kl_spike":
+        tok = f" {ev['max_kl_token']!r}" if ev.get("max_kl_token") is not None else ""
+        s = f"KL {ev['max_kl']:.3g} at token {ev['max_kl_index']}{tok} = {ev['ratio']:.3g}x p95"
+    elif label == "repetition_loop":
+        lp = ev["loop"]
+        s = f"{lp['n']}-token unit x{lp['repeats']} from token {lp['start']}"
+        if lp.get("text") is not None:
+            s += f" {lp['text']!r}"
+    elif ev["max_kl"] is None:
+        s = "no tokens before death" if ev["window"][1] == 0 else "no KL in window"
+    elif ev["max_kl"] == 0 and not ev["p95"]:
+        s = "KL = 0 throughout (unsteered), no loop"
+    else:
+        s = f"max KL {ev['max_kl']:.3g} ({ev['ratio']:.2g}x p95), no loop"
+    if ev.get("also"):
+        s += f" (also {', '.join(ev['also'])})"
+    return s
+
+
+def last_alive_fork(traj: Trajectory, threshold: float) -> int | None:
+    """The last fork before death that was still alive (None if the first fork was already dead or no death)."""
+    f = fate(traj, threshold)
+    alive = [p.t for p in traj.forks if p.t < f.time and p.pmass >= threshold] if f.died else []
+    return max(alive) if alive else None
+
+
+# ------------------------------------------------------------------------------------------------- model side
+
+
+@dataclass
+class TraceInspection:
+    """Everything `inspect_trace` recomputed for one trajectory.
+
+    Attributes:
+        traj: the trajectory.
+        fate: its fate at `threshold`.
+        threshold: pmass threshold used.
+        center: token the table window is centred on (the death fork, or `at`).
+        rows: the table (see `death_table`).
+        scores: per generated token, all of them: kl (stored), kl_recomputed, logp_steered, logp_base,
+            entropy_steered, cos_steered, cos_base; float arrays of len(traj.tokens).
+        token_strs: decoded text of every generated token.
+        prompt_ids: the prompt's token ids as re-encoded for the forward.
+        max_abs_kl_diff: max |kl_recomputed - kl| over finite stored values (the self-check).
+        label, evidence: `label_death` output, or (None, {}) when the trace did not die.
+    """
+
+    traj: Trajectory
+    fate: Fate
+    threshold: float
+    center: int
+    rows: list[dict[str, Any]]
+    scores: dict[str, np.ndarray]
+    token_strs: list[str]
+    prompt_ids: list[int]
+    max_abs_kl_diff: float
+    label: str | None = None
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+def _topk(logp, k: int, decode_one) -> list[tuple[str, float]]:
+    vals, idx = logp.topk(k)
+    return [(decode_one(int(i)), float(v.exp())) for v, i in zip(vals, idx)]
+
+
+def inspect_trace(
+    model,
+    vector,
+    traj: Trajectory,
+    *,
+    threshold: float,
+    radius: int = 16,
+    positions: str = "all",
+    at: int | None = None,
+    top_k: int = 3,
+    label_kwargs: dict[str, Any] | None = None,
+) -> TraceInspection:
+    """Recompute one trajectory by teacher forcing and build its death table; see `death_table`.
+
+    Args:
+        at: centre the window on this token instead of the death fork (lets alive traces be inspected too).
+        positions: the sweep's `positions` ("all", or "generated" = steer only generated tokens), from its
+            manifest; needed to reproduce the stored KL.
+        label_kwargs: passed to `label_death` for dead traces.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from tl_isokl.kl import CHUNK_ELEMENTS, unembed_final
+    from tl_isokl.steer import Steering
+    from tl_isokl.tokens import decode, encode, position_ids
+    from tl_isokl.vector import hook_name
+
+    if radius < 0:
+        raise IsoKLError(f"radius {radius} must be >= 0 tokens")
+    if top_k < 1:
+        raise IsoKLError(f"top_k {top_k} must be >= 1")
+    vector.check_model(model)
+    f = fate(traj, threshold)
+    n = traj.length
+    if at is None:
+        if not f.died:
+            raise IsoKLError(f"trace {traj.prompt_id!r} at alpha {traj.alpha:g} did not die at threshold "
+                             f"{threshold:g} (censored at token {f.time}); pass at= to inspect an alive trace")
+        center = f.time
+    else:
+        if not 0 <= at <= n:
+            raise IsoKLError(f"at={at} is outside the rollout's tokens 0..{n}")
+        center = int(at)
+    if len(traj.kl) != n:
+        raise IsoKLError(f"trajectory has {n} tokens but {len(traj.kl)} KL values; the run file is damaged")
+    if n == 0:
+        raise IsoKLError(f"trace {traj.prompt_id!r} at alpha {traj.alpha:g} generated no tokens; nothing to inspect")
+
+    prompt_ids = encode(model, traj.prompt)
+    P = len(prompt_ids)
+    seq = torch.tensor([prompt_ids + list(traj.tokens)], dtype=torch.long)
+    mask = torch.ones_like(seq)
+    dev = model.cfg.device
+    L_hook, final = vector.hook_name, hook_name(int(model.cfg.n_layers) - 1)
+    names = list(dict.fromkeys([L_hook, final]))
+    kw = dict(attention_mask=mask.to(dev), position_ids=position_ids(mask).to(dev), names_filter=names,
+              logits_to_keep=1)
+    with torch.no_grad():
+        steering = Steering(vector, float(traj.coeff), positions=positions, start=P).reset(0)
+        with model.hooks(fwd_hooks=steering.fwd_hooks()):
+            _, cs = model.run_with_cache(seq.to(dev), **kw)
+        _, cb = model.run_with_cache(seq.to(dev), **kw)
+
+        # positions whose output distribution produced generated tokens 0..n-1
+        pos = torch.arange(P - 1, P - 1 + n, device=dev)
+        tok = torch.tensor(traj.tokens, dtype=torch.long, device=dev)
+        v = vector.direction.to(dev)
+        rs, rb = cs[L_hook][0, pos].float(), cb[L_hook][0, pos].float()
+        cos_s = F.cosine_similarity(rs, v.expand_as(rs), dim=-1, eps=1e-8).cpu().numpy()
+        cos_b = F.cosine_similarity(rb, v.expand_as(rb), dim=-1, eps=1e-8).cpu().numpy()
+
+        lo, hi = max(0, center - radius), min(n, center + radius + 1)
+        kl_r = np.empty(n, dtype=np.float64)
+        lp_s = np.empty(n, dtype=np.float64)
+        lp_b = np.empty(n, dtype=np.float64)
+        ent = np.empty(n, dtype=np.float64)
+        detail: dict[int, dict[str, Any]] = {}
+        chunk = max(1, CHUNK_ELEMENTS // max(int(model.cfg.d_vocab), 1))
+
+        def one(i: int) -> str:
+            return decode(model, [i])
+
+        for a in range(0, n, chunk):
+            p = pos[a: a + chunk]
+            ls = torch.log_softmax(unembed_final(model, cs[final][0, p]).float(), -1)
+            lb = torch.log_softmax(unembed_final(model, cb[final][0, p]).float(), -1)
+            ps = ls.exp()
+            kl_r[a: a + len(p)] = (ps * (ls - lb)).sum(-1).clamp(min=0.0).cpu().numpy()
+            ent[a: a + len(p)] = (-(ps * ls).nan_to_num().sum(-1)).cpu().numpy()
+            t_ = tok[a: a + len(p), None]
+            lp_s[a: a + len(p)] = ls.gather(-1, t_)[:, 0].cpu().numpy()
+            lp_b[a: a + len(p)] = lb.gather(-1, t_)[:, 0].cpu().numpy()
+            for i in range(max(a, lo), min(a + len(p), hi)):
+                detail[i] = {"top_steered": _topk(ls[i - a], top_k, one), "top_base": _topk(lb[i - a], top_k, one)}
+        del cs, cb
+
+    kl_stored = np.asarray(traj.kl, dtype=np.float64)
+    ok = np.isfinite(kl_stored)
+    max_diff = float(np.abs(kl_r[ok] - kl_stored[ok]).max()) if ok.any() else float("nan")
+    token_strs = [decode(model, [t]) for t in traj.tokens]
+    forks = {p.t: p for p in traj.forks}
+    rows = []
+    for i in range(lo, hi):
+        fp: ForkProbe | None = forks.get(i)
+        rows.append({
+            "index": i, "token_id": int(traj.tokens[i]), "token": token_strs[i],
+            "kl": float(kl_stored[i]), "kl_recomputed": float(kl_r[i]),
+            "logp_steered": float(lp_s[i]), "logp_base": float(lp_b[i]),
+            "top_steered": detail[i]["top_steered"], "top_base": detail[i]["top_base"],
+            "entropy_steered": float(ent[i]), "cos": float(cos_s[i]), "cos_base": float(cos_b[i]),
+            "fork_pmass": None if fp is None else float(fp.pmass),
+            "fork_alive": None if fp is None else bool(fp.pmass >= threshold),
+            "is_death": bool(f.died and i == f.time),
+        })
+    label, evidence = (None, {})
+    if f.died:
+        label, evidence = label_death(traj, threshold, **(label_kwargs or {}))
+        # the pure function knows ids only; with the model at hand, name the tokens in the evidence
+        if evidence["max_kl_index"] is not None:
+            evidence["max_kl_token"] = token_strs[evidence["max_kl_index"]]
+        if evidence["loop"] is not None:
+            evidence["loop"]["text"] = decode(model, evidence["loop"]["unit"])
+        evidence["summary"] = _summary(label, evidence)
+    scores = {"kl": kl_stored, "kl_recomputed": kl_r, "logp_steered": lp_s, "logp_base": lp_b,
+              "entropy_steered": ent, "cos_steered": cos_s.astype(np.float64), "cos_base": cos_b.astype(np.float64)}
+    return TraceInspection(traj=traj, fate=f, threshold=float(threshold), center=center, rows=rows, scores=scores,
+                           token_strs=token_strs, prompt_ids=prompt_ids, max_abs_kl_diff=max_diff, label=label,
+                           evidence=evidence)
+
+
+def death_table(
+    model,
+    vector,
+    traj: Trajectory,
+    *,
+    radius: int = 16,
+    threshold: float,
+    positions: str = "all",
+    at: int | None = None,
+    top_k: int = 3,
+) -> list[dict[str, Any]]:
+    """The tokens around a trace's death fork, one dict per generated token in [t - radius, t + radius].
+
+    Two forwards under `torch.no_grad()` over prompt + rollout (steered at `traj.coeff`, then base), caching only
+    the steered layer's and the final block's resid_post; logits come from the final residual, log-softmax in
+    float32, chunked over positions. Row i describes generated token i and the distribution that produced it
+    (see the module docstring).
+
+    Row keys: index, token_id, token (decoded text), kl (stored in the trajectory), kl_recomputed (must match
+    kl), logp_steered / logp_base (log-probability each model gave token i), top_steered / top_base ([(text,
+    prob)] x top_k), entropy_steered (nats), cos / cos_base (cosine between blocks.{L}.hook_resid_post and the
+    direction, steered and base run, at the producing position), fork_pmass / fork_alive (the fork spliced
+    right before token i, else None), is_death (i is the death fork).
+
+    Raises:
+        IsoKLError: the trace did not die at `threshold` (and no `at` was given), or bad arguments.
+    """
+    return inspect_trace(model, vector, traj, threshold=threshold, radius=radius, positions=positions, at=at,
+                         top_k=top_k).rows
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    """A fixed-width text rendering of `death_table` rows for terminals and logs."""
+    def tk(s: str) -> str:
+        return repr(s)[1:-1][:10]
+
+    head = f"{'i':>4} {'token':<10} {'KL':>8} {'H_steer':>7} {'cos':>6} {'fork':>6}  {'steered top-3':<36} base top-3"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        mark = "x" if r["is_death"] else " "
+        fork = "" if r["fork_pmass"] is None else f"{r['fork_pmass']:.2f}"
+        st = " ".join(f"{tk(s)}:{p:.2f}" for s, p in r["top_steered"])
+        bt = " ".join(f"{tk(s)}:{p:.2f}" for s, p in r["top_base"])
+        lines.append(f"{r['index']:>4}{mark}{tk(r['token']):<10} {r['kl']:>8.3g} {r['entropy_steered']:>7.3g} "
+                     f"{r['cos']:>6.3f} {fork:>6}  {st:<36} {bt}")
+    return "\n".join(lines)
