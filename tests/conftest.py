@@ -37,6 +37,15 @@ def splits():
     return make_splits()
 
 
+@pytest.fixture(scope="session")
+def vec(model):
+    """The default steering vector of the test bed: cheerful - gloomy mean difference at the middle layer."""
+    from tl_isokl.extract import extract
+    from tl_isokl.testbed.corpus import concept_prompts
+
+    return extract(model, concept_prompts("cheerful"), concept_prompts("gloomy"))
+
+
 @pytest.fixture
 def synthetic_run(tmp_path):
     """A small finished run directory (5 alphas x 8 prompts, window 64) built by tests/helpers_runs.py."""

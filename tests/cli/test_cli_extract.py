@@ -10,21 +10,13 @@ from tl_isokl.errors import IsoKLError
 from tl_isokl.prompts import read_prompts
 from tl_isokl.vector import SteeringVector
 from tl_isokl_cli.main import cli
+from helpers_cli import one_line_error
 
 
 def run(*args):
     return CliRunner().invoke(cli, ["extract", *map(str, args)])
 
 
-def one_line_error(r, code, *needles):
-    """Exit `code`, no traceback, and the message (click's `Error: ...` line) names what is wrong."""
-    assert r.exit_code == code, r.output
-    assert "Traceback" not in r.output
-    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
-    err = [line for line in r.output.splitlines() if line.startswith("Error:")]
-    assert len(err) == 1, r.output
-    for n in needles:
-        assert n in err[0], err[0]
 
 
 # ---- the command ---------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from tl_isokl.io import atomic_write_json, read_jsonl
 from tl_isokl.rundir import RunDir
 from tl_isokl_cli.main import cli
+from helpers_cli import one_line_error
 
 DEAD_ROW, DEATH = 2, 4  # row 2 = alpha 1, prompt 0
 
@@ -21,15 +22,6 @@ def invoke(*args):
     return CliRunner().invoke(cli, [str(a) for a in args])
 
 
-def one_line_error(r, code, *needles):
-    """Exit `code`, no traceback, one `Error:` line naming what is wrong."""
-    assert r.exit_code == code, r.output
-    assert "Traceback" not in r.output
-    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
-    err = [line for line in r.output.splitlines() if line.startswith("Error:")]
-    assert len(err) == 1, r.output
-    for n in needles:
-        assert n in err[0], err[0]
 
 
 @pytest.fixture(scope="module")

@@ -5,17 +5,11 @@ import pytest
 
 from tl_isokl.calibrate import calibrate, parse_stat
 from tl_isokl.errors import CalibrationError
-from tl_isokl.extract import extract
 from tl_isokl.kl import per_token_kl
 from tl_isokl.rollout import rollout
-from tl_isokl.testbed.corpus import concept_prompts
 
 WINDOW = 32
 
-
-@pytest.fixture(scope="module")
-def vec(model):
-    return extract(model, concept_prompts("cheerful"), concept_prompts("gloomy"))
 
 
 @pytest.fixture(scope="module")

@@ -10,21 +10,15 @@ import torch
 import torch.nn.functional as F
 
 from tl_isokl.errors import IsoKLError
-from tl_isokl.extract import extract
 from tl_isokl.forensics import death_table, format_table, inspect_trace
 from tl_isokl.kl import per_token_kl
 from tl_isokl.records import ForkProbe, Trajectory
 from tl_isokl.rollout import rollout
 from tl_isokl.steer import steer
-from tl_isokl.testbed.corpus import concept_prompts
 
 WINDOW, DEATH, R, THR = 24, 8, 5, 0.5
 FORKS = [ForkProbe(0, 0.9, 0.5), ForkProbe(4, 0.9, 0.5), ForkProbe(DEATH, 0.1, 0.05), ForkProbe(16, 0.8, 0.4)]
 
-
-@pytest.fixture(scope="module")
-def vec(model):
-    return extract(model, concept_prompts("cheerful"), concept_prompts("gloomy"))
 
 
 def make_trajs(model, vec, prompts, coeffs, positions="all"):

@@ -9,19 +9,13 @@ import pytest
 import torch
 
 from tl_isokl.errors import IsoKLError
-from tl_isokl.extract import extract
 from tl_isokl.figures.cosine import cosine_heatmap
 from tl_isokl.geometry import cosine_profile, format_profile, layer_summary, profile_to_json
 from tl_isokl.steer import steer
-from tl_isokl.testbed.corpus import concept_prompts
 from tl_isokl.vector import Gate
 
 TEXT = "What a lovely question about a ship! I will check 3 facts."
 
-
-@pytest.fixture(scope="module")
-def vec(model):
-    return extract(model, concept_prompts("cheerful"), concept_prompts("gloomy"))
 
 
 def einsum_cos(model, vec, coeff):

@@ -5,15 +5,9 @@ import pytest
 import torch
 
 from tl_isokl.errors import IsoKLError
-from tl_isokl.extract import extract
 from tl_isokl.probe import PREFILL, ProbeSpec, default_forks, fork_points, probe, probe_forks, probe_reference
 from tl_isokl.rollout import Rollout, grid, rollout
-from tl_isokl.testbed.corpus import concept_prompts
 
-
-@pytest.fixture(scope="module")
-def vec(model):
-    return extract(model, concept_prompts("cheerful"), concept_prompts("gloomy"))
 
 
 @pytest.fixture(scope="module")

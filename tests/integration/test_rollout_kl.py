@@ -6,17 +6,11 @@ import torch
 
 from tl_isokl import kl as kl_mod
 from tl_isokl.errors import IsoKLError
-from tl_isokl.extract import extract
 from tl_isokl.kl import per_token_kl
 from tl_isokl.rollout import grid, rollout
-from tl_isokl.testbed.corpus import concept_prompts
 
 WINDOW = 24
 
-
-@pytest.fixture(scope="module")
-def vec(model):
-    return extract(model, concept_prompts("cheerful"), concept_prompts("gloomy"))
 
 
 @pytest.fixture(scope="module")

@@ -5,18 +5,12 @@ import pytest
 
 from tl_isokl import sweep as sweep_mod
 from tl_isokl.errors import IsoKLError, RunDirError
-from tl_isokl.extract import extract
 from tl_isokl.records import fate
 from tl_isokl.sweep import parse_alphas, sweep
-from tl_isokl.testbed.corpus import concept_prompts
 
 WINDOW = 48
 ALPHAS = (0.0, 1.0, 8.0)
 
-
-@pytest.fixture(scope="module")
-def vec(model):
-    return extract(model, concept_prompts("cheerful"), concept_prompts("gloomy"))
 
 
 @pytest.fixture(scope="module")
