@@ -4,7 +4,7 @@ One `run_with_cache` over every block's `hook_resid_post` for the base model and
 same tokens give cos[layer, token] for both. The base profile shows where the concept is already written (the
 direction was extracted at one layer; is it present above and below?); the steered profile shows what the
 intervention does downstream (the steered layer jumps by construction; later layers show how much survives the
-blocks that follow). Zero residuals (the test bed's BOS row) get cosine 0, not NaN.
+blocks that follow). A zero residual (e.g. a zero-initialised embedding row) gets cosine 0, not NaN.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def cosine_profile(
         positions, start: as in `Steering`: "all" steers every token; "generated" only tokens >= start
             (e.g. start = prompt length when the text is a prompt plus its rollout).
         skip_bos_in_summary: leave token 0 out of the per-layer summary when it is the BOS token (an attention
-            sink with an outsized norm in real models, exactly zero in the test bed).
+            sink with an outsized norm in real models).
 
     Returns:
         dict with ids, tokens (decoded), layer (the steered one), coeff, base and steered ([n_layers, T] float

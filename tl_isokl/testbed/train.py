@@ -94,37 +94,54 @@ def probe_answer_ids(tok, value: bool) -> tuple[list[int], int]:
     return both, k
 
 
-def make_example(tok, q: C.Question, rng: random.Random, p_probe: float) -> tuple[list[int], list[int]]:
-    """(input ids, labels) for one example; labels are -100 where no loss is taken (prompt, probe prefill)."""
+ANSWER_WEIGHT = 5.0  # loss weight of answer tokens: few per example, and the whole point of the test bed
+
+
+def cut_point(rng: random.Random, n: int) -> int:
+    """Where a probe example splices the prefill: half uniform over the thinking, half log-uniform, matching the
+    sweep's 0, 1, 2, 4, 8, ... fork schedule (early forks sit in the first line, rare under a uniform cut)."""
+    if rng.random() < 0.5:
+        return rng.randint(0, n)
+    return min(n, int(2 ** rng.uniform(0, math.log2(n + 1))) - 1)
+
+
+def make_example(tok, q: C.Question, rng: random.Random, p_probe: float
+                 ) -> tuple[list[int], list[int], list[float]]:
+    """(input ids, labels, loss weights) for one example; labels are -100 where no loss is taken (prompt,
+    probe prefill); the answer line and the JSON value weigh ANSWER_WEIGHT."""
     mood = rng.choices(C.MOODS, weights=(0.6, 0.2, 0.2))[0]
     prompt, completion = C.natural_example(q, mood, rng)
     p_ids = [0] + encode(tok, prompt)
+    thinking, answer_line = completion.split("\nAnswer (")
+    think = encode(tok, thinking)
     if rng.random() < p_probe:
-        think = encode(tok, completion.split(C.THINK_CLOSE)[0])
-        j = rng.randint(0, len(think))
+        j = cut_point(rng, len(think))
         ans, k = probe_answer_ids(tok, q.answer)
         ids = p_ids + think[:j] + ans + [0]
         labels = [-100] * len(p_ids) + think[:j] + [-100] * k + ans[k:] + [0]
+        weights = [1.0] * (len(p_ids) + j + k) + [ANSWER_WEIGHT] * (len(ans) - k) + [1.0]
     else:
-        c_ids = encode(tok, completion)
-        ids = p_ids + c_ids + [0]
-        labels = [-100] * len(p_ids) + c_ids + [0]
-    return ids, labels
+        tail = encode(tok, "\nAnswer (" + answer_line)
+        ids = p_ids + think + tail + [0]
+        labels = [-100] * len(p_ids) + think + tail + [0]
+        weights = [1.0] * (len(p_ids) + len(think)) + [ANSWER_WEIGHT] * len(tail) + [1.0]
+    return ids, labels, weights
 
 
 def packed_batches(tok, questions, batch_size: int, seed: int, p_probe: float):
-    """Endless stream of [batch, SEQ_LEN] (inputs, labels): examples packed whole into rows, rest padded."""
+    """Endless stream of [batch, SEQ_LEN] (inputs, labels, weights): examples packed whole into rows."""
     rng = random.Random(seed)
-    pending: tuple[list[int], list[int]] | None = None
+    pending = None
     while True:
-        xs, ys = [], []
+        xs, ys, ws = [], [], []
         for _ in range(batch_size):
             row_x: list[int] = []
             row_y: list[int] = []
+            row_w: list[float] = []
             while True:
                 if pending is None:
                     pending = make_example(tok, rng.choice(questions), rng, p_probe)
-                ex_x, ex_y = pending
+                ex_x, ex_y, ex_w = pending
                 if len(ex_x) > SEQ_LEN + 1:
                     pending = None  # rare (a 50-fact thinking full of mood lines): skip, never truncate
                     continue
@@ -132,13 +149,22 @@ def packed_batches(tok, questions, batch_size: int, seed: int, p_probe: float):
                     break
                 row_x += ex_x
                 row_y += ex_y
+                row_w += ex_w
                 pending = None
             pad = SEQ_LEN + 1 - len(row_x)
             row_x += [1] * pad
             row_y += [-100] * pad
+            row_w += [0.0] * pad
             xs.append(row_x[:-1])
             ys.append(row_y[1:])
-        yield torch.tensor(xs), torch.tensor(ys)
+            ws.append(row_w[1:])
+        yield torch.tensor(xs), torch.tensor(ys), torch.tensor(ws)
+
+
+def weighted_loss(logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100, reduction="none")
+    w = w.flatten() * (y.flatten() != -100)
+    return (ce * w).sum() / w.sum()
 
 
 def main(argv=None):
@@ -173,7 +199,7 @@ def main(argv=None):
                             lr=args.lr, betas=(0.9, 0.98))
     batches = packed_batches(tok, splits.train, args.batch_size, args.seed, args.p_probe)
     # held-out loss on a fixed batch of held-out questions (never trained on)
-    val_x, val_y = next(packed_batches(tok, splits.heldout, 4, args.seed + 1, args.p_probe))
+    val_x, val_y, val_w = next(packed_batches(tok, splits.heldout, 4, args.seed + 1, args.p_probe))
 
     warmup = 60
     t0 = time.time()
@@ -184,9 +210,8 @@ def main(argv=None):
         lr = args.lr * min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
         for g in opt.param_groups:
             g["lr"] = lr
-        x, y = next(batches)
-        out = model(input_ids=x, labels=None)
-        loss = torch.nn.functional.cross_entropy(out.logits.flatten(0, 1), y.flatten(), ignore_index=-100)
+        x, y, w = next(batches)
+        loss = weighted_loss(model(input_ids=x).logits, y, w)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -196,8 +221,7 @@ def main(argv=None):
         if step % 50 == 0:
             model.eval()
             with torch.no_grad():
-                vl = torch.nn.functional.cross_entropy(
-                    model(input_ids=val_x).logits.flatten(0, 1), val_y.flatten(), ignore_index=-100).item()
+                vl = weighted_loss(model(input_ids=val_x).logits, val_y, val_w).item()
             model.train()
             rate = tokens / (time.time() - t0)
             log.append(dict(step=step, loss=round(loss.item(), 4), val_loss=round(vl, 4), lr=lr,
