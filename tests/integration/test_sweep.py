@@ -1,16 +1,17 @@
 """The sweep: alpha = 0 is the base model, the largest dose kills, a killed run resumes to identical files."""
 
+import importlib
+
 import numpy as np
 import pytest
 
-from tl_isokl import sweep as sweep_mod
 from tl_isokl.errors import IsoKLError, RunDirError
 from tl_isokl.records import fate
 from tl_isokl.sweep import parse_alphas, sweep
 
+sweep_mod = importlib.import_module("tl_isokl.sweep")  # the package exports a function of the same name
 WINDOW = 48
 ALPHAS = (0.0, 1.0, 8.0)
-
 
 
 @pytest.fixture(scope="module")
