@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from tl_isokl_cli.common import load, model_options
+from tl_isokl_cli.common import check_concept, concept_sets, load, model_options
 from tl_isokl_cli.main import friendly_errors
 
 PROMPT_FILE = click.Path(dir_okay=False, path_type=Path, exists=True)
@@ -44,8 +44,8 @@ def command(model_name, dtype, device, method, layer, pos_path, neg_path, concep
         raise click.UsageError("--pos and --neg go together: give both prompt files, or neither to use --concept")
     if tau is not None and gate is None:
         raise click.UsageError(f"--tau {tau} needs --gate soft|hard|sign")
-    if pos_path is None and concept.count("/") != 1:
-        raise click.BadParameter(f"{concept!r} must be POS/NEG, e.g. cheerful/gloomy", param_hint="--concept")
+    if pos_path is None:
+        check_concept(concept)
 
     from dataclasses import replace
 
@@ -59,13 +59,8 @@ def command(model_name, dtype, device, method, layer, pos_path, neg_path, concep
         sources = {"pos_source": str(pos_path), "neg_source": str(neg_path)}
     model = load(model_name, dtype, device)
     if pos_path is None:
-        from tl_isokl.prompt_sets import default_concepts
-
-        pos_name, neg_name = concept.split("/")
-        try:
-            pos, neg = default_concepts(model, pos_name, neg_name)
-        except ValueError as e:  # the test bed's corpus raises a plain ValueError for an unknown concept
-            raise click.BadParameter(str(e), param_hint="--concept") from None
+        pos, neg = concept_sets(model, concept)
+        pos_name, neg_name = check_concept(concept)
         sources = {"pos_source": f"concept:{pos_name}", "neg_source": f"concept:{neg_name}"}
     vec = extract(model, pos, neg, method=method, layer=layer, token=token, unit=unit, gate=g,
                   batch_size=batch_size)

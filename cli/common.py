@@ -60,15 +60,30 @@ def get_vector(model, vector_path, method, layer, concept, gate, tau, reuse: Pat
         vec = SteeringVector.load(reuse)
     else:
         from tl_isokl.extract import extract
-        from tl_isokl.prompt_sets import default_concepts
 
-        if "/" not in concept:
-            raise click.BadParameter(f"{concept!r} must be POS/NEG, e.g. cheerful/gloomy", param_hint="--concept")
-        pos_name, neg_name = concept.split("/", 1)
-        pos, neg = default_concepts(model, pos_name, neg_name)
+        pos, neg = concept_sets(model, concept)
         vec = extract(model, pos, neg, method=method, layer=layer, gate=g)
     vec.check_model(model)
     return vec
+
+
+def check_concept(concept: str) -> tuple[str, str]:
+    """'cheerful/gloomy' -> ('cheerful', 'gloomy'); a usage error otherwise (checked before loading a model)."""
+    if concept.count("/") != 1:
+        raise click.BadParameter(f"{concept!r} must be POS/NEG, e.g. cheerful/gloomy", param_hint="--concept")
+    pos, neg = concept.split("/")
+    return pos, neg
+
+
+def concept_sets(model, concept: str) -> tuple[list[str], list[str]]:
+    """The model's shipped contrastive prompt sets named by --concept POS/NEG."""
+    from tl_isokl.prompt_sets import default_concepts
+
+    pos_name, neg_name = check_concept(concept)
+    try:
+        return default_concepts(model, pos_name, neg_name)
+    except ValueError as e:  # IsoKLError: an unknown concept name is a usage error of --concept
+        raise click.BadParameter(str(e), param_hint="--concept") from None
 
 
 def get_prompts(model, path, kind):
