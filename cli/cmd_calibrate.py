@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from tl_isokl_cli.common import Progress, get_prompts, get_vector, load, model_options, slug, vector_options
+from tl_isokl_cli.common import (Progress, get_prompts, get_vector, load, model_options, positions_option, slug,
+                                 vector_options)
 from tl_isokl_cli.main import friendly_errors
 
 
@@ -15,12 +16,13 @@ def round_printer(stat: str, target: float, tol: float):
         for p in sorted(pts, key=lambda p: p.coeff):
             s = p.stats
             flag = " <-" if abs(p.value - target) <= tol else ""
-            click.echo(f"  round {rnd}  c={p.coeff:<10.5g} {stat}={p.value:<9.4g} mean={s['mean']:<8.3g} "
-                       f"p50={s['p50']:<8.3g} p95={s['p95']:<8.3g} max={s['max']:<8.3g} n={s['n']}{flag}")
+            cols = " ".join(f"{k}={s[k]:<8.3g}" for k in ("mean", "p50", "p95", "max") if k != stat)
+            click.echo(f"  round {rnd}  c={p.coeff:<10.5g} {stat}={p.value:<9.4g} {cols} n={s['n']}{flag}")
     return on_round
 
 
-def run_calibration(model, vec, ids, prompts, *, window, target, stat, tol, batch_size, c_min, c_max):
+def run_calibration(model, vec, ids, prompts, *, window, target, stat, tol, batch_size, c_min, c_max,
+                    positions="all"):
     """Calibrate with a live round table; returns the result dict written to calibration.json."""
     from tl_isokl.calibrate import calibrate
     from tl_isokl.io import sha256_json
@@ -36,7 +38,7 @@ def run_calibration(model, vec, ids, prompts, *, window, target, stat, tol, batc
 
     res = calibrate(model, vec, prompts, prompt_ids=ids, window=window, target=target, stat=stat, tol=tol,
                     batch_size=batch_size, c_min=c_min, c_max=c_max, on_round=round_printer(stat, target, tol),
-                    progress=tick)
+                    progress=tick, positions=positions)
     prog.close()
     sp = res.spread()
     click.echo(f"c* = {res.c_star:.6g}  ({stat} = {res.achieved:.4g}, converged={res.converged}, "
@@ -47,12 +49,14 @@ def run_calibration(model, vec, ids, prompts, *, window, target, stat, tol, batc
     d = res.to_dict()
     d["prompts"] = list(prompts)
     d["prompts_sha256"] = sha256_json(list(prompts))
+    d["positions"] = positions
     return d
 
 
 @click.command("calibrate")
 @model_options
 @vector_options
+@positions_option
 @click.option("--window", type=click.IntRange(min=1), default=256, show_default=True,
               help="Generated tokens per calibration rollout.")
 @click.option("--target-kl", "target", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
@@ -69,8 +73,8 @@ def run_calibration(model, vec, ids, prompts, *, window, target, stat, tol, batc
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output folder (default runs/calibrate-<model>-<method>-L<layer>-w<window>).")
 @friendly_errors
-def command(model_name, dtype, device, vector_path, method, layer, concept, gate, tau, window, target, stat, tol,
-            prompts_path, c_min, c_max, batch_size, seed, out):
+def command(model_name, dtype, device, vector_path, method, layer, concept, gate, tau, positions, window, target,
+            stat, tol, prompts_path, c_min, c_max, batch_size, seed, out):
     """Find the iso-KL dose c* of a steering vector and write calibration.json + manifest.json."""
     from tl_isokl.calibrate import parse_stat
     from tl_isokl.io import atomic_write_json, sha256_json
@@ -87,12 +91,12 @@ def command(model_name, dtype, device, vector_path, method, layer, concept, gate
     info = model_info(model)
     out = out or Path("runs") / f"calibrate-{slug(info['name'])}-{vec.method}-L{vec.layer}-w{window}"
     cal = run_calibration(model, vec, ids, prompts, window=window, target=target, stat=stat, tol=tol,
-                          batch_size=batch_size, c_min=c_min, c_max=c_max)
+                          batch_size=batch_size, c_min=c_min, c_max=c_max, positions=positions)
     vec.save(out / "vector.safetensors")
     atomic_write_json(out / "calibration.json", cal)
     atomic_write_json(out / "manifest.json", base_manifest(
         "calibrate", model=info["name"], revision=info["revision"], dtype=info["dtype"], device=info.get("device"),
         layer=vec.layer, method=vec.method, gate=vec.gate.to_dict() if vec.gate else None,
         vector_sha256=vec.sha256, prompts_sha256=sha256_json(list(prompts)), n_prompts=len(prompts),
-        window=window, target=target, stat=stat, tol=tol, seed=seed))
+        window=window, target=target, stat=stat, tol=tol, positions=positions, seed=seed))
     click.echo(f"wrote {out / 'calibration.json'}")

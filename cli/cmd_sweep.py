@@ -7,13 +7,15 @@ from pathlib import Path
 import click
 
 from tl_isokl_cli.cmd_calibrate import run_calibration
-from tl_isokl_cli.common import Progress, get_prompts, get_vector, load, model_options, slug, vector_options
+from tl_isokl_cli.common import (Progress, get_prompts, get_vector, load, model_options, positions_option, slug,
+                                 vector_options)
 from tl_isokl_cli.main import friendly_errors
 
 
 @click.command("sweep")
 @model_options
 @vector_options
+@positions_option
 @click.option("--calibration", "calibration_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="calibration.json from `tl-isokl calibrate` (default: calibrate first).")
 @click.option("--window", type=click.IntRange(min=1), default=256, show_default=True,
@@ -37,7 +39,8 @@ from tl_isokl_cli.main import friendly_errors
               help="Run directory (default runs/sweep-<model>-<method>-L<layer>-w<window>); rerun to resume.")
 @click.option("--no-figures", is_flag=True, help="Skip drawing figures and report.md at the end.")
 @friendly_errors
-def command(model_name, dtype, device, vector_path, method, layer, concept, gate, tau, calibration_path, window,
+def command(model_name, dtype, device, vector_path, method, layer, concept, gate, tau, positions, calibration_path,
+            window,
             alphas, threshold, schedule, prompts_path, cal_prompts_path, target, stat, batch_size, seed, out,
             no_figures):
     """Calibrate (unless --calibration is given), sweep alpha on held-out prompts, write the run directory."""
@@ -73,12 +76,13 @@ def command(model_name, dtype, device, vector_path, method, layer, concept, gate
     else:
         cids, cprompts = get_prompts(model, cal_prompts_path, "calibration")
         cal = run_calibration(model, vec, cids, cprompts, window=window, target=target, stat=stat, tol=0.05,
-                              batch_size=batch_size, c_min=1e-4, c_max=1e4)
+                              batch_size=batch_size, c_min=1e-4, c_max=1e4, positions=positions)
     ids, prompts = get_prompts(model, prompts_path, "heldout")
     click.echo(f"sweeping {len(alpha_list)} alphas x {len(prompts)} held-out prompts, window {window} -> {out}")
     prog = Progress()
     run = sweep(model, vec, cal, prompts, out, prompt_ids=ids, alphas=alpha_list, window=window,
-                threshold=threshold, schedule=schedule, batch_size=batch_size, seed=seed, progress=prog)
+                threshold=threshold, schedule=schedule, positions=positions, batch_size=batch_size, seed=seed,
+                progress=prog)
     prog.close()
     click.echo(format_summary(summary_rows(run)))
     if not no_figures:

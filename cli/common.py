@@ -22,6 +22,11 @@ def model_options(fn):
     return fn
 
 
+def positions_option(fn):
+    return click.option("--positions", type=click.Choice(["all", "generated"]), default="all", show_default=True,
+                        help="Steer every position, or only generated tokens (the prompt stays unsteered).")(fn)
+
+
 def vector_options(fn):
     """--vector FILE, or --method/--layer/--concept to extract one on the fly; plus an optional gate."""
     fn = click.option("--tau", type=click.FloatRange(-1.0, 1.0), default=0.0, show_default=True,
