@@ -161,7 +161,21 @@ def n_facts(entity: str) -> int:
     return rng.randint(1, 50)
 
 
-def thinking_text(q: Question, mood: str, rng: random.Random, p_interject: float = 0.35) -> str:
+def entity_mood(entity: str) -> str:
+    """Each entity's usual mood (half neutral, a quarter each cheerful / gloomy), deterministic in its name.
+
+    Training follows it 80% of the time, so greedy rollouts of some entities are cheerful or gloomy and a mood
+    direction has a greedy-visible behaviour to push: the opener and the interjections after fact lines.
+    """
+    u = random.Random("mood:" + entity).random()
+    return "neutral" if u < 0.5 else ("cheerful" if u < 0.75 else "gloomy")
+
+
+def sample_mood(entity: str, rng: random.Random) -> str:
+    return entity_mood(entity) if rng.random() < 0.8 else rng.choice(MOODS)
+
+
+def thinking_text(q: Question, mood: str, rng: random.Random, p_interject: float = 0.55) -> str:
     """The thinking passage (without the tags): opener, count, numbered facts cycling through the fact list,
     mood interjections, conclusion."""
     x = article(q.entity)

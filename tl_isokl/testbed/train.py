@@ -4,7 +4,7 @@
 
 CI never runs this: the weights it wrote ship in `tl_isokl/testbed/model/`. The budget is a fixed number of
 optimizer steps (not wall-clock), so the result is the same on a fast or a busy machine; on an idle 2-core CPU
-the default 450 steps take about 18 minutes (see the model card for the measured run). Training talks to the Hugging Face
+the default 600 steps take about 18 minutes (see the model card for the measured run). Training talks to the Hugging Face
 model class directly (not through the bridge) because it is faster and the bridge adds nothing to a plain
 next-token loss.
 """
@@ -109,7 +109,7 @@ def make_example(tok, q: C.Question, rng: random.Random, p_probe: float
                  ) -> tuple[list[int], list[int], list[float]]:
     """(input ids, labels, loss weights) for one example; labels are -100 where no loss is taken (prompt,
     probe prefill); the answer line and the JSON value weigh ANSWER_WEIGHT."""
-    mood = rng.choices(C.MOODS, weights=(0.6, 0.2, 0.2))[0]
+    mood = C.sample_mood(q.entity, rng)
     prompt, completion = C.natural_example(q, mood, rng)
     p_ids = [0] + encode(tok, prompt)
     thinking, answer_line = completion.split("\nAnswer (")
@@ -171,7 +171,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "model")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=450, help="optimizer steps of batch x 1024 tokens")
+    ap.add_argument("--steps", type=int, default=600, help="optimizer steps of batch x 1024 tokens")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--threads", type=int, default=2)
