@@ -4,10 +4,21 @@
 from __future__ import annotations
 
 import functools
+import warnings
 
 import click
 
-from tl_isokl.errors import IsoKLError
+from tl_isokl.errors import IsoKLError, IsoKLWarning
+
+_show_warning = warnings.showwarning
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    """The library's own warnings (non-monotone KL, unconverged calibration) as one 'Warning: ...' line."""
+    if issubclass(category, IsoKLWarning):
+        click.echo(f"Warning: {message}", err=True)
+    else:
+        _show_warning(message, category, filename, lineno, file, line)
 
 
 def friendly_errors(fn):
@@ -31,6 +42,7 @@ def cli():
     Runs offline out of the box on an embedded test-bed model; pass --model NAME_OR_PATH for any
     TransformerBridge model (e.g. allenai/OLMo-2-0425-1B from the local HF cache, or a local folder).
     """
+    warnings.showwarning = _one_line_warning
 
 
 def _register():
