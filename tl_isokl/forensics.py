@@ -252,7 +252,7 @@ def inspect_trace(
     import torch
     import torch.nn.functional as F
 
-    from tl_isokl.kl import CHUNK_ELEMENTS, unembed_final
+    from tl_isokl.kl import CHUNK_ELEMENTS, kl_from_logprobs, unembed_final
     from tl_isokl.steer import Steering
     from tl_isokl.tokens import decode, encode, position_ids
     from tl_isokl.vector import hook_name
@@ -317,7 +317,7 @@ def inspect_trace(
             ls = torch.log_softmax(unembed_final(model, cs[final][0, p]).float(), -1)
             lb = torch.log_softmax(unembed_final(model, cb[final][0, p]).float(), -1)
             ps = ls.exp()
-            kl_r[a: a + len(p)] = (ps * (ls - lb)).sum(-1).clamp(min=0.0).cpu().numpy()
+            kl_r[a: a + len(p)] = kl_from_logprobs(ls, lb).cpu().numpy()
             ent[a: a + len(p)] = (-(ps * ls).nan_to_num().sum(-1)).cpu().numpy()
             t_ = tok[a: a + len(p), None]
             lp_s[a: a + len(p)] = ls.gather(-1, t_)[:, 0].cpu().numpy()

@@ -25,11 +25,14 @@ from tl_isokl.vector import SteeringVector, hook_name
 CHUNK_ELEMENTS = 1 << 26
 
 
+def kl_from_logprobs(ls: torch.Tensor, lb: torch.Tensor) -> torch.Tensor:
+    """KL(P_s || P_b) along the last axis from log-probabilities (clamped at 0 against rounding)."""
+    return (ls.exp() * (ls - lb)).sum(-1).clamp(min=0.0)
+
+
 def kl_from_logits(steer_logits: torch.Tensor, base_logits: torch.Tensor) -> torch.Tensor:
     """KL(softmax(s) || softmax(b)) along the last axis, computed in float32."""
-    ls = torch.log_softmax(steer_logits.float(), -1)
-    lb = torch.log_softmax(base_logits.float(), -1)
-    return (ls.exp() * (ls - lb)).sum(-1).clamp(min=0.0)
+    return kl_from_logprobs(torch.log_softmax(steer_logits.float(), -1), torch.log_softmax(base_logits.float(), -1))
 
 
 def unembed_final(model, resid: torch.Tensor) -> torch.Tensor:
