@@ -143,7 +143,8 @@ def calibrate(
     progress: Callable[[int], None] | None = None,
     on_round: Callable[[int, list[CalibrationPoint]], None] | None = None,
 ) -> CalibrationResult:
-    """Find c* with stat(pooled per-token KL over `window`-token greedy rollouts) = target (nats), |err| <= tol.
+    """Find c* with stat(pooled per-token KL over `window`-token greedy rollouts) = target (nats), within
+    `tol` relative (|stat - target| <= tol * target; 0.05 = 5%).
 
     Args:
         c_init: centre of the first round's geometric grid (default 1: one full contrast vector for additive
@@ -200,15 +201,22 @@ def solve(evaluate: Callable[[list[float], int], list[float]], *, target: float,
           ) -> tuple[int, float, bool]:
     """Batched log-log root finder: (rounds used, best dose, converged) for evaluate(doses, round) -> values.
 
-    Round 1 is a geometric grid c_init * 4^[-2..2]. While the target is not bracketed the grid moves outward by
-    factors of 4 (up to c_min/c_max, then CalibrationError). Once bracketed, the next round spreads candidates
-    over +-30% of the log-bracket around the log-log secant estimate, so a locally power-law curve (KL ~ c^2 near
-    0) converges in one more round. Never returns a bracket end silently.
+    c* is the *first* upward crossing of the target in increasing dose: the answer is always one of the two
+    sampled doses that bracket that crossing (the last one below the target and the first one at or above it),
+    never a closer-looking point on a later branch of a non-monotone curve. Converged means that point is within
+    `tol * target` of the target (`tol` is relative: 0.05 = 5%, whatever the target's scale).
+
+    Round 1 is a geometric grid c_init * 4^[-2..2]. While the first crossing is not bracketed the grid moves
+    outward by factors of 4 (down when the lowest dose is already at or above target, up when no dose reaches
+    it; at c_min/c_max, CalibrationError). Once bracketed, the next round spreads candidates over +-30% of the
+    log-bracket around the log-log secant estimate, so a locally power-law curve (KL ~ c^2 near 0) converges in
+    one more round. Never returns a bracket end silently.
     """
     seen: dict[float, float] = {}
+    abs_tol = tol * target
 
     def closest() -> str:
-        pts = sorted(seen.items(), key=lambda cv: abs(cv[1] - target))[:3]
+        pts = sorted(seen.items(), key=lambda cv: abs(cv[1] - target) if math.isfinite(cv[1]) else math.inf)[:3]
         return ", ".join(f"c={c:.4g} -> {stat}={v:.4g}" for c, v in pts)
 
     cs = [min(max(float(c_init) * 4.0 ** k, c_min), c_max) for k in np.linspace(-2, 2, candidates)]
@@ -218,42 +226,56 @@ def solve(evaluate: Callable[[list[float], int], list[float]], *, target: float,
         cs = sorted(set(cs))
         for c, v in zip(cs, evaluate(cs, rnd)):
             seen[c] = v
-        pts = sorted(seen.items())
-        best = min(pts, key=lambda cv: abs(cv[1] - target) if math.isfinite(cv[1]) else math.inf)
-        if abs(best[1] - target) <= tol:
+        lo, hi = first_crossing(seen, target)
+        if hi is None:  # nothing reaches the target: the candidates are the doses below it
+            eligible = [(c, v) for c, v in seen.items() if math.isfinite(v)]
+        else:
+            eligible = [cv for cv in (lo, hi) if cv is not None]
+        best = min(eligible, key=lambda cv: abs(cv[1] - target), default=None)
+        if best is not None and abs(best[1] - target) <= abs_tol:
             return rnd, best[0], True
         if rnd >= max_rounds:
-            warnings.warn(f"calibration did not reach |{stat} - {target}| <= {tol} in {max_rounds} rounds; "
-                          f"returning the closest point (converged=False): {closest()}", IsoKLWarning, stacklevel=3)
+            if best is None:
+                raise CalibrationError(f"{stat} KL was never finite at any dose tried; closest: {closest()}")
+            warnings.warn(f"calibration did not reach |{stat} - {target}| <= {tol:g} x {target} in {max_rounds} "
+                          f"rounds; returning the closest point of the first crossing (converged=False): "
+                          f"c={best[0]:.4g} -> {stat}={best[1]:.4g}", IsoKLWarning, stacklevel=3)
             return rnd, best[0], False
-        below = [(c, v) for c, v in pts if v < target]
-        above = [(c, v) for c, v in pts if v >= target]
-        if not above:
-            top = pts[-1][0]
+        if hi is None:
+            top = max(seen)
             if top >= c_max:
                 raise CalibrationError(f"{stat} KL never reached {target} nats up to c_max={c_max:g}; closest: "
-                                       f"{closest()}. Raise c_max (`tl-isokl calibrate --c-max`) or lower the target")
+                                       f"{closest()}. Raise --c-max or lower the target")
             cs = [min(top * 4.0 ** (k + 1), c_max) for k in range(candidates)]
             continue
-        if not below:
-            bottom = pts[0][0]
+        if lo is None:
+            bottom = min(seen)
             if bottom <= c_min:
                 raise CalibrationError(f"{stat} KL is already above {target} nats at c_min={c_min:g}; closest: "
-                                       f"{closest()}. Lower c_min (`tl-isokl calibrate --c-min`) or raise the target")
+                                       f"{closest()}. Lower --c-min or raise the target")
             cs = [max(bottom / 4.0 ** (k + 1), c_min) for k in range(candidates)]
             continue
-        # the first upward crossing: the lowest dose at or above target and the highest dose below it
-        hi = min(above)
-        lo = max((cv for cv in below if cv[0] < hi[0]), default=None)
-        if lo is None:  # non-monotone: the lowest dose is already above target, a higher one below it
-            lo = min(below)
-            hi = min((cv for cv in above if cv[0] > lo[0]), default=hi)
         c_est = _loglog_secant(lo[0], lo[1], hi[0], hi[1], target)
         span = math.log(hi[0]) - math.log(lo[0])
         cs = [c for c in (c_est * math.exp(o) for o in np.linspace(-0.3, 0.3, candidates) * span)
               if lo[0] < c < hi[0] and c not in seen]
         if not cs:
             cs = [math.sqrt(lo[0] * hi[0])]
+
+
+def first_crossing(seen: dict[float, float], target: float
+                   ) -> tuple[tuple[float, float] | None, tuple[float, float] | None]:
+    """(lo, hi) around the first upward crossing of `target` in increasing dose, from {dose: value}.
+
+    hi is the lowest dose whose value is >= target, lo the highest dose below hi (value < target). lo is None when
+    the lowest dose is already at or above target; hi is None when no dose reaches it. Non-finite values are
+    ignored (no information).
+    """
+    pts = sorted((c, v) for c, v in seen.items() if math.isfinite(v))
+    for i, (c, v) in enumerate(pts):
+        if v >= target:
+            return (pts[i - 1] if i > 0 else None), (c, v)
+    return (pts[-1] if pts else None), None
 
 
 def _warn_non_monotone(pts: list[CalibrationPoint], stat: str) -> None:

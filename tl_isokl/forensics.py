@@ -78,17 +78,19 @@ def label_death(
     *,
     k: float = 3.0,
     min_kl: float = 0.1,
-    lookback: int = 16,
-    since_alive: bool = True,
+    lookback: int | None = None,
     ngram: int = 4,
     repeats: int = 3,
     contiguous: bool = True,
 ) -> tuple[str, dict[str, Any]]:
     """Name the likely cause of a trace's death from its stored KL, tokens and forks (no model).
 
-    The lookback window is the generated tokens [max(t - lookback, t_alive), t), where t is the death fork
-    (tokens the model had written when it failed the probe) and t_alive the last fork that was still alive
-    (`since_alive=True`): something the model demonstrably survived is not the cause of its death.
+    The window is the whole interval since the model was last seen alive: generated tokens [t_alive, t), where t
+    is the death fork (tokens the model had written when it failed the probe) and t_alive the last fork that was
+    still alive (0 when the first fork was already dead). The probe only looks at forks, so the failure happened
+    somewhere in that interval: a spike 35 tokens before a death found at fork 64 (last alive at 32) is inside
+    it and is named. What the model demonstrably survived (tokens before t_alive) is not the cause of its death.
+    `lookback` optionally narrows the window to its last `lookback` tokens.
 
     Rules, first match wins:
 
@@ -105,10 +107,10 @@ def label_death(
 
     Why these defaults: k = 3 is three times the trajectory's own p95, so it is scale-free across alphas and a
     single outlier in 20+ tokens cannot move p95 itself; min_kl = 0.1 nat (a tenth of the usual 1-nat budget)
-    keeps noise at alpha ~ 0 (p95 ~ 1e-4) from being called a spike; lookback = 16 equals `inspect`'s default
-    radius, so the label sees what the page shows; contiguous repeats with repeats = 3 because counting
-    anywhere flags function words (" the" four times in 16 tokens is plain English), while a model stuck in a
-    loop repeats back to back.
+    keeps noise at alpha ~ 0 (p95 ~ 1e-4) from being called a spike; the whole interval because a fixed
+    lookback (the prototype's 16 tokens) misses causes early in a long log2 interval; contiguous repeats
+    with repeats = 3 because counting anywhere flags function words (" the" four times in 16 tokens is plain
+    English), while a model stuck in a loop repeats back to back.
 
     Args:
         traj: a trajectory that died at `threshold`.
@@ -122,7 +124,7 @@ def label_death(
     Raises:
         IsoKLError: the trajectory did not die at this threshold.
     """
-    if k <= 0 or min_kl < 0 or lookback < 1 or ngram < 1 or repeats < 2:
+    if k <= 0 or min_kl < 0 or (lookback is not None and lookback < 1) or ngram < 1 or repeats < 2:
         raise IsoKLError(f"need k > 0, min_kl >= 0, lookback >= 1, ngram >= 1, repeats >= 2; got k={k}, "
                          f"min_kl={min_kl}, lookback={lookback}, ngram={ngram}, repeats={repeats}")
     f = fate(traj, threshold)
@@ -130,10 +132,10 @@ def label_death(
         raise IsoKLError(f"trace {traj.prompt_id!r} at alpha {traj.alpha:g} did not die at threshold {threshold:g} "
                          f"(censored at token {f.time}); label_death needs a dead trace")
     t = f.time
-    start = max(0, t - int(lookback))
-    t_alive = last_alive_fork(traj, threshold)
-    if since_alive and t_alive is not None:
-        start = max(start, t_alive)
+    t_alive = f.last_alive
+    start = t_alive if t_alive is not None else 0
+    if lookback is not None:
+        start = max(start, t - int(lookback))
     stop = min(t, traj.length)
     kl = np.asarray(traj.kl, dtype=float)
     finite = kl[np.isfinite(kl)]
@@ -186,8 +188,7 @@ def _summary(label: str, ev: dict[str, Any]) -> str:
 def last_alive_fork(traj: Trajectory, threshold: float) -> int | None:
     """The last fork before death that was still alive (None if the first fork was already dead or no death)."""
     f = fate(traj, threshold)
-    alive = [p.t for p in traj.forks if p.t < f.time and p.pmass >= threshold] if f.died else []
-    return max(alive) if alive else None
+    return f.last_alive if f.died else None
 
 
 # ------------------------------------------------------------------------------------------------- model side
@@ -341,7 +342,7 @@ def inspect_trace(
             "top_steered": detail[i]["top_steered"], "top_base": detail[i]["top_base"],
             "entropy_steered": float(ent[i]), "cos": float(cos_s[i]), "cos_base": float(cos_b[i]),
             "fork_pmass": None if fp is None else float(fp.pmass),
-            "fork_alive": None if fp is None else bool(fp.pmass >= threshold),
+            "fork_alive": None if fp is None else fp.alive(threshold),
             "is_death": bool(f.died and i == f.time),
         })
     label, evidence = (None, {})

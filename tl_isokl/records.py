@@ -19,6 +19,19 @@ class ForkProbe:
     pmass: float
     p_true: float
 
+    def alive(self, threshold: float) -> bool:
+        """pmass >= threshold. NaN is dead: no mass could be measured, so the model did not commit."""
+        return bool(self.pmass >= threshold)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ForkProbe":
+        """Inverse of asdict, with JSON null (how NaN is written) read back as NaN."""
+        return cls(t=int(d["t"]), pmass=_float(d.get("pmass")), p_true=_float(d.get("p_true")))
+
+
+def _float(v) -> float:
+    return float("nan") if v is None else float(v)
+
 
 @dataclass
 class Trajectory:
@@ -43,33 +56,53 @@ class Trajectory:
     def length(self) -> int:
         return len(self.tokens)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def to_dict(self, threshold: float | None = None) -> dict:
+        """The stored record; with `threshold`, also its `fate` at that threshold (a derived copy for readers
+        without this package: `from_dict` ignores it and `fate()` recomputes, so a new threshold never reads a
+        stale one)."""
+        d = asdict(self)
+        if threshold is not None:
+            d["fate"] = {"threshold": float(threshold), **asdict(fate(self, threshold))}
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Trajectory":
-        d = dict(d)
-        d["forks"] = [ForkProbe(**f) for f in d.get("forks", [])]
-        d["kl"] = [float("nan") if v is None else float(v) for v in d["kl"]]
+        d = {k: v for k, v in d.items() if k != "fate"}
+        d["forks"] = [ForkProbe.from_dict(f) for f in d.get("forks", [])]
+        d["kl"] = [_float(v) for v in d["kl"]]
         return cls(**d)
 
 
 @dataclass(frozen=True)
 class Fate:
-    """Alive/dead/censored outcome of a trajectory at a threshold.
+    """Alive/dead/censored outcome of a trajectory at a threshold, at fork resolution.
 
-    `time` is the death token (the first fork whose pmass fell below the threshold) when `died`, otherwise the
-    censoring token: the EOS length for a rollout that ended, the window for one that ran the whole window.
+    The probe only looks at forks, so a death is *interval-censored*: the model was seen alive at fork
+    `last_alive` and dead at fork `time`, and failed somewhere in (last_alive, time] (`last_alive` is None when
+    the very first fork was already dead). Survival analysis uses `time`, the fork where the death was seen.
+
+    An alive trace is right-censored where it was last observed: its last probed fork (`time == last_alive`),
+    not its EOS or the window, because forks after the model's own `</think>` are skipped and nothing is known
+    about them. A trace with no probed fork at all is censored at 0 (it adds no information). `eos` says whether
+    the rollout ended at EOS.
     """
 
     died: bool
     time: int
     eos: bool
+    last_alive: int | None = None
+
+    @property
+    def interval(self) -> tuple[int | None, int] | None:
+        """(last alive fork, death fork] for a death, None for a censored trace."""
+        return (self.last_alive, self.time) if self.died else None
 
 
 def fate(traj: Trajectory, threshold: float) -> Fate:
     """Absorbing death: the first fork below `threshold` is the death time, whatever later forks say."""
+    last_alive = None
     for f in sorted(traj.forks, key=lambda f: f.t):
-        if not (f.pmass >= threshold):  # NaN counts as dead: no mass could be measured
-            return Fate(died=True, time=int(f.t), eos=traj.eos)
-    return Fate(died=False, time=traj.length if traj.eos else traj.window, eos=traj.eos)
+        if not f.alive(threshold):
+            return Fate(died=True, time=int(f.t), eos=traj.eos, last_alive=last_alive)
+        last_alive = int(f.t)
+    return Fate(died=False, time=last_alive if last_alive is not None else 0, eos=traj.eos, last_alive=last_alive)

@@ -140,8 +140,14 @@ def write_report(run_dir: str | Path) -> Path:
                                  "alpha = 1 means c*: the coefficient whose per-token KL statistic meets the target."]),
         _section(f"Survival (threshold {run.threshold:g})", [
             markdown_table(rows),
-            "Death = first fork with pmass < threshold (absorbing). Rollouts that end at EOS alive are "
-            "right-censored at their length, those alive at the window at the window (`eos` counts the first).",
+            "Death = first fork with pmass < threshold (absorbing; NaN pmass counts as dead). A trace alive at "
+            "the end is right-censored at its last probed fork, where it was last seen alive (forks after EOS or "
+            "after the model's own `</think>` are not probed; `eos` counts the censored traces that ended at EOS).",
+            "Death times are interval-censored at fork resolution: a trace dead at fork t was alive at the "
+            "previous probed fork and failed somewhere in between (forks.csv gives each death's "
+            "(last_alive_fork, death_fork]). Kaplan-Meier places each death at its fork, so S@t and the median "
+            "are upper bounds on the true failure token by at most one fork interval (with log2 forks a median "
+            "of 64 means a first failure between tokens 33 and 64).",
             "S@t: Kaplan-Meier S just after token t. median: first token with S <= 0.5 (— = not reached), with "
             "its 95% band (median_low, median_high) from the pointwise log-log band.",
             "p_vs_0 / p_vs_1: two-sided log-rank p against alpha = 0 / alpha = 1 (— = no such comparison, "

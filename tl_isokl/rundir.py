@@ -125,8 +125,9 @@ class RunDir:
     def has_cell(self, alpha: float) -> bool:
         return self.cell_path(alpha).is_file()
 
-    def write_cell(self, alpha: float, trajectories: list[Trajectory]) -> Path:
-        return atomic_write_jsonl(self.cell_path(alpha), [t.to_dict() for t in trajectories])
+    def write_cell(self, alpha: float, trajectories: list[Trajectory], threshold: float | None = None) -> Path:
+        """One alpha's trajectories, atomically; with `threshold`, each line also carries its fate (derived)."""
+        return atomic_write_jsonl(self.cell_path(alpha), [t.to_dict(threshold) for t in trajectories])
 
     def read_cell(self, alpha: float) -> list[Trajectory]:
         return [Trajectory.from_dict(d) for d in read_jsonl(self.cell_path(alpha))]

@@ -2,9 +2,13 @@
 
 Survival convention (the one the prototype got wrong, anchor §4.2): each trajectory is one subject with a `Fate`
 from `tl_isokl.records.fate` -- death at the first fork below the threshold (absorbing), otherwise right-censored
-at its EOS length or at the window. The at-risk set just before token t is every trajectory whose fate time is
->= t: a trace that died at s < t has LEFT it (it is not counted again), and so has one censored before t. A trace
-censored at t is still at risk at t (deaths at a tie come first), the usual product-limit convention::
+at its last probed fork (where it was last seen alive: forks after EOS or after the model's own `</think>` are not
+probed). Deaths are interval-censored at fork resolution, (last alive fork, death fork]; the product-limit
+estimate puts each death at its fork, so S(t) and the median are read at fork tokens and the true first failure
+lies up to one fork interval earlier (with log2 forks, a median of 64 means between 33 and 64). The at-risk set just
+before token t is every trajectory whose fate time is >= t: a trace that died at s < t has LEFT it (it is not
+counted again), and so has one censored before t. A trace censored at t is still at risk at t (deaths at a tie come
+first), the usual product-limit convention::
 
     S(t) = prod_{t_i <= t} (1 - d_i / n_i)      n_i = #{time >= t_i},  d_i = #{died and time == t_i}
 

@@ -145,7 +145,7 @@ def sweep(
     for a in todo:
         trajs = run_cell(model, vector, a, cfg, batch_size=batch_size, probe_batch_size=probe_batch_size,
                          progress=progress)
-        rd.write_cell(a, trajs)
+        rd.write_cell(a, trajs, threshold=cfg.threshold)
     run = rd.load()
     write_tables(run)
     return run
@@ -195,8 +195,19 @@ def summary_rows(run: Run) -> list[dict[str, Any]]:
             "kl_p95": float(np.percentile(pool, 95)) if pool.size else float("nan"),
             "kl_max": float(pool.max()) if pool.size else float("nan"),
             "median_death_token": med if med is not None else "not reached",
+            "median_death_after": _interval_start(fs, med),
         })
     return rows
+
+
+def _interval_start(fs, t: int | None) -> int | str:
+    """The last alive fork before the deaths seen at fork `t`: the median lies in (this, t] (fork resolution).
+    Empty when there is no median, "prompt" when the deaths at `t` were dead at their first fork."""
+    if t is None:
+        return ""
+    starts = [f.last_alive for f in fs if f.died and f.time == t]
+    known = [s for s in starts if s is not None]
+    return min(known) if known else "prompt"
 
 
 def _csv(rows: list[dict[str, Any]]) -> str:
@@ -210,24 +221,36 @@ def _csv(rows: list[dict[str, Any]]) -> str:
 
 
 def write_tables(run: Run) -> None:
-    """Derived tables, rewritten from the cells: forks.csv (row, prompt_id, alpha, t, pmass, p_true, alive)
-    and summary.csv."""
+    """Derived tables, rewritten from the cells: forks.csv (row, prompt_id, alpha, t, pmass, p_true, alive, and
+    the trajectory's death interval (last_alive_fork, death_fork], empty when it did not die) and summary.csv."""
     forks = []
     for row, t in enumerate(run.trajectories):
+        fa = fate(t, run.threshold)
+        lo, hi = fa.interval if fa.died else ("", "")
         for f in t.forks:
             forks.append({"row": row, "prompt_id": t.prompt_id, "alpha": t.alpha, "t": f.t, "pmass": f.pmass,
-                          "p_true": f.p_true, "alive": int(f.pmass >= run.threshold)})
+                          "p_true": f.p_true, "alive": int(f.alive(run.threshold)),
+                          "last_alive_fork": "" if lo is None else lo, "death_fork": hi})
     atomic_write_text(run.path / "forks.csv", _csv(forks))
     atomic_write_text(run.path / "summary.csv", _csv(summary_rows(run)))
+
+
+def _median_text(r: dict[str, Any]) -> str:
+    m, lo = r["median_death_token"], r.get("median_death_after", "")
+    if not isinstance(m, int) or lo == "":
+        return str(m)
+    if lo == "prompt":
+        return f"{m} (at prompt)" if m == 0 else f"{m} [0, {m}]"
+    return f"{m} ({lo}, {m}]"
 
 
 def format_summary(rows: list[dict[str, Any]]) -> str:
     """The per-alpha table printed at the end of a sweep."""
     head = f"{'alpha':>6} {'coeff':>9} {'n':>4} {'died':>5} {'cens':>5} {'eos':>4} {'KL p50':>8} {'KL p95':>8} " \
-           f"{'KL max':>8} {'median death':>13}"
+           f"{'KL max':>8} {'median death (fork interval)':>28}"
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(f"{r['alpha']:>6g} {r['coeff']:>9.4g} {r['n']:>4} {r['died']:>5} {r['censored']:>5} "
                      f"{r['censored_eos']:>4} {r['kl_p50']:>8.3g} {r['kl_p95']:>8.3g} {r['kl_max']:>8.3g} "
-                     f"{str(r['median_death_token']):>13}")
+                     f"{_median_text(r):>28}")
     return "\n".join(lines)

@@ -71,6 +71,28 @@ def test_help(cmd, opts):
         assert o in r.output
 
 
+def test_inspect_works_on_a_nan_probe(run_dir, reuse_model, tmp_path):
+    """NaN pmass (written as null) is a death on disk too: inspect finds it and labels it."""
+    import math
+    import shutil
+
+    from tl_isokl.io import atomic_write_jsonl
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    rd = RunDir(copy)
+    cell = read_jsonl(rd.cell_path(1.0))
+    for f in cell[0]["forks"]:  # row DEAD_ROW: its death fork becomes NaN instead of 0.05
+        if f["pmass"] < 0.5:
+            f["pmass"] = math.nan
+    atomic_write_jsonl(rd.cell_path(1.0), cell)
+    assert '"pmass": null' in rd.cell_path(1.0).read_text() or '"pmass":null' in rd.cell_path(1.0).read_text()
+    r = invoke("inspect", copy, "--out", tmp_path / "insp", "--radius", "2")
+    assert r.exit_code == 0, r.output
+    deaths = json.loads((tmp_path / "insp" / "deaths.json").read_text())["deaths"]
+    assert [(d["row"], d["death_t"]) for d in deaths] == [(DEAD_ROW, DEATH)]
+
+
 # ---- inspect ----------------------------------------------------------------------------------------------------
 
 

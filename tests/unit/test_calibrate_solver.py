@@ -82,3 +82,45 @@ def test_parse_stat_matches_numpy():
     s = kl_stats(x)
     assert s["n"] == 1000 and s["p50"] == pytest.approx(np.median(x))
     assert math.isnan(kl_stats(np.zeros(0))["p95"])
+
+
+def test_non_monotone_curve_picks_the_first_crossing_not_a_later_branch():
+    """KL rises through the target near c = 1, falls back (a mode switch) and crosses again near c = 8. The
+    grid 0.25, 0.5, 1, 2, 4 samples c = 4 at 0.999 (closest to 1 of all) but that lies past the first crossing;
+    c* must come from the bracket [0.5, 1] of the first crossing."""
+
+    def curve(c):
+        if c <= 1.5:
+            return 1.1 * c * c  # first crossing at c = sqrt(1/1.1) = 0.9535
+        return max(0.999 - 0.001 * (c - 4.0) ** 2, 0.0) if c < 6 else 0.2 * c
+
+    rnd, c, ok, calls = run(curve, tol=0.01)
+    assert 4.0 in calls[0]
+    assert ok and c == pytest.approx(math.sqrt(1 / 1.1), rel=0.01)
+    assert c < 1.5
+
+
+def test_lowest_dose_above_target_moves_down_even_when_a_higher_dose_is_below():
+    # above the target at the bottom of the first grid, below it above: the first crossing is further down
+    curve = lambda c: 40.0 * c * c if c < 0.5 else 0.5  # noqa: E731  first crossing at c = sqrt(1/40) = 0.158
+    rnd, c, ok, calls = run(curve, c_init=4.0)  # first grid 0.25 (-> 2.5, above), 1, 4, 16, 64 (-> 0.5, below)
+    assert calls[0] == [0.25, 1.0, 4.0, 16.0, 64.0]
+    assert min(calls[1]) < 0.25  # the grid moved down, towards the first crossing
+    assert ok and c == pytest.approx(math.sqrt(1 / 40), rel=0.01)
+
+
+def test_tolerance_is_relative_to_the_target():
+    """target 0.01 with tol 0.05: 0.0157 (57% off) is not converged; |v - 0.01| <= 0.0005 is required."""
+    curve = lambda c: 0.01 * c ** 2  # noqa: E731  root at c = 1
+    calls = []
+
+    def evaluate(cs, rnd):
+        calls.append(list(cs))
+        return [curve(c) for c in cs]
+
+    # a first grid whose best point is 0.0157 (c = 1.2530) must not be accepted
+    rnd, c, ok = solve(evaluate, target=0.01, tol=0.05, c_init=1.2530)
+    assert ok and abs(curve(c) - 0.01) <= 0.05 * 0.01
+    assert rnd >= 2 and c == pytest.approx(1.0, rel=0.03)
+    # the old absolute rule would have stopped after round 1: every first-grid value is within 0.05 nats
+    assert all(abs(curve(x) - 0.01) <= 0.05 for x in calls[0][:3])

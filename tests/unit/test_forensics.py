@@ -41,10 +41,28 @@ def test_spike_the_model_survived_is_not_the_cause():
     kl[10] = 5.0  # before the alive fork at 16
     label, ev = label_death(trace(kl), THR)
     assert label == "format_fragile" and ev["max_kl"] == 0.5
-    label, ev = label_death(trace(kl), THR, since_alive=False)  # plain lookback 16: window [16, 32) still
-    assert label == "format_fragile"
-    label, ev = label_death(trace(kl), THR, since_alive=False, lookback=32)
-    assert label == "kl_spike" and ev["window"] == [0, 32] and ev["max_kl_index"] == 10
+    label, ev = label_death(trace(kl), THR, lookback=8)  # a narrower window never reaches before t_alive
+    assert label == "format_fragile" and ev["window"] == [24, 32]
+
+
+def test_whole_interval_since_last_alive_fork_is_searched():
+    """A spike 31 tokens before a death found at fork 64 (last alive at 32) is the cause; a fixed 16-token
+    lookback (the old rule) missed it. A bigger spike before fork 32 was survived and is not the cause."""
+    kl = flat(80)
+    kl[29] = 9.0  # before the last alive fork
+    kl[33] = 5.0  # inside (32, 64)
+    forks = ((0, 0.9), (16, 0.9), (32, 0.9), (64, 0.1))
+    label, ev = label_death(trace(kl, forks=forks), THR)
+    assert ev["window"] == [32, 64] and ev["last_alive_fork"] == 32
+    assert label == "kl_spike" and ev["max_kl_index"] == 33 and ev["max_kl"] == 5.0
+    label16, ev16 = label_death(trace(kl, forks=forks), THR, lookback=16)
+    assert label16 == "format_fragile" and ev16["window"] == [48, 64]
+
+
+def test_death_at_first_fork_has_an_empty_window():
+    label, ev = label_death(trace(flat(), forks=((0, 0.2), (16, 0.9))), THR)
+    assert ev["window"] == [0, 0] and ev["last_alive_fork"] is None and label == "format_fragile"
+    assert ev["summary"] == "no tokens before death"
 
 
 def test_repetition_loop_with_flat_kl():

@@ -8,7 +8,7 @@ from helpers_runs import synthetic_trajectories, traj
 from scipy import stats
 
 from tl_isokl.errors import IsoKLError
-from tl_isokl.records import Fate
+from tl_isokl.records import Fate, fate
 from tl_isokl.survival import (
     kaplan_meier,
     kl_summary,
@@ -111,13 +111,32 @@ def test_absorbing_death_on_pmass_sequences():
     # dips below 0.75 at fork 8, recovers at 16 and 32: dead at 8 for good; forks may come unsorted
     t1 = traj(1.0, [0.1] * 40, [(32, 0.96), (0, 0.9), (16, 0.95), (8, 0.5)], eos=False, window=40)
     t2 = traj(1.0, [0.1] * 40, [(0, 0.9), (4, float("nan")), (8, 0.9)], window=40)  # NaN mass = dead
-    t3 = traj(1.0, [0.1] * 12, [(0, 0.9), (8, 0.8)], eos=True, window=40)  # alive, EOS at 12 -> censored 12
-    t4 = traj(1.0, [0.1] * 40, [(0, 0.9), (32, 0.76)], window=40)  # alive to the window -> censored 40
+    t3 = traj(1.0, [0.1] * 12, [(0, 0.9), (8, 0.8)], eos=True, window=40)  # alive, EOS at 12, last seen at 8
+    t4 = traj(1.0, [0.1] * 40, [(0, 0.9), (32, 0.76)], window=40)  # alive, last probed at 32 -> censored 32
     c = km_curves([t1, t2, t3, t4], threshold=0.75)[1.0]
     np.testing.assert_array_equal(c.times, [4, 8])
-    np.testing.assert_array_equal(c.censor_times, [12, 40])
+    # censored where last observed alive (the last probed fork), not at EOS (12) or the window (40)
+    np.testing.assert_array_equal(c.censor_times, [8, 32])
     assert (c.died, c.censored, c.eos) == (2, 2, 1)
-    assert c.at(8) == pytest.approx(0.5) and c.median() == 8
+    # by hand: at 4, 4 at risk, 1 death -> 3/4; at 8, {t1, t3, t4} at risk (t3 censored at 8 stays), 1 death -> 1/2
+    assert c.at(4) == pytest.approx(0.75) and c.at(8) == pytest.approx(0.5) and c.median() == 8
+
+
+def test_censoring_at_last_probed_fork_when_forks_after_think_close_are_skipped():
+    """A trace that closed </think> at token 10 is probed only at 0, 1, 2, 4, 8: nothing is known after 8, so it
+    must leave the risk set there. Counting it at risk to the window (the old rule) hides a death at 32."""
+    closed = traj(1.0, [0.1] * 64, [(0, 0.9), (1, 0.9), (2, 0.9), (4, 0.9), (8, 0.9)], window=64)
+    died = traj(1.0, [0.1] * 64, [(0, 0.9), (16, 0.9), (32, 0.1)], window=64)
+    ok = traj(1.0, [0.1] * 64, [(0, 0.9), (64, 0.9)], window=64)
+    f = fate(closed, 0.75)
+    assert (f.died, f.time, f.last_alive, f.interval) == (False, 8, 8, None)
+    fd = fate(died, 0.75)
+    assert (fd.died, fd.time, fd.last_alive, fd.interval) == (True, 32, 16, (16, 32))
+    c = km_curves([closed, died, ok], threshold=0.75)[1.0]
+    # at 32 only {died, ok} are at risk: S = 1 - 1/2 (the old rule counted 3 at risk: 2/3)
+    assert c.at(32) == pytest.approx(0.5) and c.at_risk.tolist() == [2]
+    none = fate(traj(1.0, [0.1] * 5, [], window=5), 0.75)
+    assert (none.died, none.time, none.last_alive) == (False, 0, None)  # never observed: adds no information
 
 
 def test_no_deaths_means_survival_one_everywhere():

@@ -178,7 +178,7 @@ def trace_page(
     for k in names:
         if len(metrics[k]) != len(tokens):
             raise ValueError(f"metric {k!r} has {len(metrics[k])} values for {len(tokens)} tokens")
-    alive = {int(f.t): (threshold is None or f.pmass >= threshold) and (death is None or f.t < death) for f in forks}
+    alive = {int(f.t): (threshold is None or f.alive(threshold)) and (death is None or f.t < death) for f in forks}
     # circuitsvis puts token strings into the DOM as HTML (seen in Chromium: " <b>x</b>" rendered bold and
     # "</think>" vanished), so they are escaped here: model output must never become markup or script
     toks = [html.escape(t, quote=False) for t in marked_tokens(tokens, alive, death)]
@@ -228,8 +228,8 @@ def _state(f: Any, threshold: float | None, death: int | None) -> str:
     if threshold is None:
         return ""
     if death is not None and f.t > death:
-        return "after death" + (" (recovered; death is absorbing)" if f.pmass >= threshold else "")
-    return "alive" if f.pmass >= threshold else "dead"
+        return "after death" + (" (recovered; death is absorbing)" if f.alive(threshold) else "")
+    return "alive" if f.alive(threshold) else "dead"
 
 
 def index_page(entries: Sequence[Mapping[str, Any]], *, title: str, header: Mapping[str, Any] | None = None,
