@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from tl_isokl.head import final_logits
 from tl_isokl.rollout import Rollout
 from tl_isokl.steer import Steering
 from tl_isokl.tokens import pad_batch, pad_id, position_ids
@@ -36,8 +37,9 @@ def kl_from_logits(steer_logits: torch.Tensor, base_logits: torch.Tensor) -> tor
 
 
 def unembed_final(model, resid: torch.Tensor) -> torch.Tensor:
-    """Logits from the final block's resid_post (ln_final then unembed), as the model's own head computes them."""
-    return model.unembed(model.ln_final(resid))
+    """Logits from the final block's resid_post as the model's own head computes them: `head.final_logits`
+    (ln_final, unembed, then the architecture's output transform such as Gemma's soft-cap)."""
+    return final_logits(model, resid)
 
 
 @torch.no_grad()
@@ -90,7 +92,7 @@ def per_token_kl(
         for a in range(0, len(row_idx), chunk):
             r_s = resid[ri[a: a + chunk].to(dev), pi[a: a + chunk].to(dev)]
             r_b = resid[(ri[a: a + chunk] + R).to(dev), pi[a: a + chunk].to(dev)]
-            kl_flat[a: a + chunk] = kl_from_logits(unembed_final(model, r_s), unembed_final(model, r_b)).cpu()
+            kl_flat[a: a + chunk] = kl_from_logits(final_logits(model, r_s), final_logits(model, r_b)).cpu()
         owner_t = torch.tensor(owner, dtype=torch.long)
         for j, r in enumerate(rows):
             out.append(kl_flat[owner_t == j].numpy().astype(np.float32))

@@ -8,6 +8,8 @@ Decisions (see ../shared/reference/tl4-brief.md for the measurements behind them
 * Hub names resolve from the local Hugging Face cache only (`local_files_only`): no hidden downloads, no 46 s
   retry loops offline. A missing model is one clear `ModelLoadError` line.
 * The embedded test-bed model is just a folder inside the package and goes through the same code path.
+* Every load runs `tl_isokl.head.check_head` (one 8-token forward): logits computed from the final residual must
+  equal the model's own (soft-cap and logit scales included), or the load fails with one line.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 import torch
 
 from tl_isokl.errors import ModelLoadError
+from tl_isokl.head import check_head
 
 EMBEDDED_MODEL = Path(__file__).parent / "testbed" / "model"
 EMBEDDED_NAME = "tl-isokl/testbed"
@@ -161,6 +164,9 @@ def load_model(
     _fix_low_precision_rotary(model, torch_dtype)
     if model.tokenizer is None:
         raise ModelLoadError(f"model {name!r} has no tokenizer in {path}; tl-isokl needs one to roll out text")
+    # logits from the final residual (KL, probe) must equal the model's own: refuse an output head we cannot
+    # reproduce (an unknown post-unembedding transform) instead of giving silently wrong numbers
+    check_head(model, name)
     model.tl_isokl_info = {
         "name": name,
         "path": str(path),

@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 import torch
 
 from tl_isokl.errors import IsoKLError
-from tl_isokl.kl import unembed_final
+from tl_isokl.head import final_logits
 from tl_isokl.records import ForkProbe
 from tl_isokl.rollout import Rollout
 from tl_isokl.steer import Steering
@@ -186,7 +186,7 @@ def probe(
             out = []
             if p["score_pos"]:
                 sp = torch.tensor(p["score_pos"], device=dev)
-                lp = torch.log_softmax(unembed_final(model, resid[j, sp]).float(), -1)
+                lp = torch.log_softmax(final_logits(model, resid[j, sp]).float(), -1)
                 tok_lp = lp.gather(-1, torch.tensor(p["score_tok"], device=dev)[:, None])[:, 0].cpu()
                 owner = torch.tensor(p["score_owner"])
                 for f_i, (t, variants) in enumerate(p["forks"]):
