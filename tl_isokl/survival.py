@@ -29,6 +29,7 @@ import numpy as np
 
 from tl_isokl.errors import IsoKLError
 from tl_isokl.records import Fate, Trajectory, fate
+from tl_isokl.statistics import pool, summarize
 
 DEFAULT_THRESHOLD = 0.75
 CI_METHODS = ("log-log", "linear")
@@ -305,13 +306,8 @@ def kl_summary(source: Any) -> list[KLSummary]:
     """Per alpha (ascending): pooled per-token KL p50 / p95 / max / mean over all tokens of all trajectories."""
     out = []
     for a, ts in group_by_alpha(source).items():
-        pool = np.concatenate([np.asarray(t.kl, float) for t in ts]) if ts else np.empty(0)
-        pool = pool[np.isfinite(pool)]
-        if pool.size:
-            stats = (float(pool.mean()), *(float(v) for v in np.quantile(pool, [0.5, 0.95])), float(pool.max()))
-        else:
-            stats = (math.nan,) * 4
-        out.append(KLSummary(a, len(ts), int(pool.size), *stats))
+        s = summarize(pool(t.kl for t in ts), ("mean", "p50", "p95", "max"))
+        out.append(KLSummary(a, len(ts), s["n"], s["mean"], s["p50"], s["p95"], s["max"]))
     return out
 
 
