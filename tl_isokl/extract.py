@@ -1,13 +1,14 @@
 """Contrastive directions from residual activations at `blocks.{L}.hook_resid_post`.
 
+The direction comes from the extractor registry of `tl_isokl.methods` (mean_diff, pca, ...), and is stored
+unit-norm when the method's operator asks for it (ablate) or when `unit=True`:
+
     mean_diff:             v = mean(pos) - mean(neg)
     pca:                   first principal axis of the pooled, centred activations (pos and neg together,
                            minus their pooled mean). Works for unpaired sets of any size; with a real concept
-                           the between-class axis carries the most variance. Sign chosen so v . mean_diff > 0
-                           (the prototype voted with centred projections, whose mean is ~0: a coin flip), and
-                           scaled to |mean_diff| so raw coefficients are comparable before calibration
-                           (`unit=True` for norm 1).
-    directional_ablation:  r = mean_diff / |mean_diff|, applied as h - c (h . r) r.
+                           the between-class axis carries the most variance. Signed so v . mean_diff > 0 and
+                           scaled to |mean_diff| so raw coefficients are comparable before calibration.
+    directional_ablation:  (= mean_diff+ablate) r = mean_diff / |mean_diff|, applied as h - c (h . r) r.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from tl_isokl.errors import IsoKLError
 from tl_isokl.io import sha256_json
 from tl_isokl.model import model_info
 from tl_isokl.tokens import encode, pad_batch, pad_id, position_ids
-from tl_isokl.vector import METHODS, Gate, SteeringVector, hook_name
+from tl_isokl.methods import mean_diff, parse_method
+from tl_isokl.vector import Gate, SteeringVector, hook_name
 
 TOKEN_CHOICES = ("last", "mean")
 
@@ -68,40 +70,18 @@ def residuals(model, prompts: Sequence[str], layers: Sequence[int], *, token: st
     return {L: torch.cat(v) for L, v in out.items()}
 
 
-def mean_diff(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
-    return pos.mean(0) - neg.mean(0)
-
-
-def pca_direction(pos: torch.Tensor, neg: torch.Tensor, *, unit: bool = False) -> torch.Tensor:
-    md = mean_diff(pos, neg)
-    X = torch.cat([pos, neg]).double()
-    X = X - X.mean(0)
-    # first right-singular vector of the centred data = first principal axis
-    _, _, Vh = torch.linalg.svd(X, full_matrices=False)
-    pc = Vh[0].float()
-    if float(pc @ md) < 0:
-        pc = -pc
-    return pc if unit else pc * md.norm()
-
-
 def direction_from(pos: torch.Tensor, neg: torch.Tensor, method: str, *, unit: bool = False) -> torch.Tensor:
-    if method == "mean_diff":
-        v = mean_diff(pos, neg)
-        return v / v.norm() if unit else v
-    if method == "pca":
-        return pca_direction(pos, neg, unit=unit)
-    if method == "directional_ablation":
-        v = mean_diff(pos, neg)
-        return v / v.norm()
-    raise IsoKLError(f"unknown steering method {method!r}; use one of {', '.join(METHODS)}")
+    """The method's extractor on [n, d] activations; unit-norm when asked or when its operator needs it."""
+    extractor, operator = parse_method(method)
+    v = extractor.fn(pos, neg)
+    return v / v.norm() if (unit or operator.unit) else v
 
 
 def extract(model, pos: Sequence[str], neg: Sequence[str], *, method: str = "mean_diff",
             layer: int | None = None, token: str = "last", unit: bool = False, gate: Gate | None = None,
             batch_size: int = 16) -> SteeringVector:
     """Extract a steering vector from contrastive prompt sets (pos - neg direction) at one layer."""
-    if method not in METHODS:
-        raise IsoKLError(f"unknown steering method {method!r}; use one of {', '.join(METHODS)}")
+    parse_method(method)  # an unknown method fails before any forward
     layer = default_layer(model) if layer is None else int(layer)
     acts_p = residuals(model, pos, [layer], token=token, batch_size=batch_size)[layer]
     acts_n = residuals(model, neg, [layer], token=token, batch_size=batch_size)[layer]

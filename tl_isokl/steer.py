@@ -3,10 +3,10 @@
 The footgun first: TransformerLens hooks are global state on the model. Use `steer(...)` as a context manager
 (hooks are removed on exit, even on error) or hand `Steering.fwd_hooks()` to `model.hooks(...)`.
 
-Operators, for residual h [batch, pos, d], direction v, per-row coefficient c:
-    mean_diff / pca:       h' = h + c * g * v
-    directional_ablation:  h' = h - c * g * (h . r) r,   r = v / |v|   (c = 1 removes the r component)
-    g = 1 without a gate, else g(cos(h, v)) per token (see `Gate`).
+Operators (registered in `tl_isokl.methods`), for residual h [batch, pos, d], direction v, per-row coefficient c:
+    add    (mean_diff, pca):              h' = h + c * g * v
+    ablate (directional_ablation, ...):   h' = h - c * g * (h . r) r,   r = v / |v|   (c = 1 removes the r component)
+    g = 1 without a gate, else g(h, v) per token (see `Gate` and the gate registry).
 Every operator is exactly the identity at c = 0 (the hook returns the input untouched), so alpha = 0 is the
 base model bit for bit.
 
@@ -25,21 +25,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from tl_isokl.errors import IsoKLError
+from tl_isokl.methods import GATES
 from tl_isokl.vector import Gate, SteeringVector
 
 
 def gate_values(h: torch.Tensor, v: torch.Tensor, gate: Gate) -> torch.Tensor:
-    """g(cos(h, v)) per token: [batch, pos] in float32. Zero residuals get cos 0 (no NaN)."""
-    hf = h.float()
-    if gate.kind == "sign":
-        return torch.sign(hf @ v)
-    cos = F.cosine_similarity(hf, v.expand_as(hf), dim=-1, eps=1e-8)
-    if gate.kind == "soft":
-        return torch.relu(cos.abs() - gate.tau)
-    return (cos > gate.tau).float()
+    """g(h, v) per token: [batch, pos] in float32, from the gate registry. Zero residuals get cos 0 (no NaN)."""
+    return GATES[gate.kind](h.float(), v, float(gate.tau))
 
 
 @dataclass
@@ -84,6 +78,7 @@ class Steering:
         self._c = c.detach().cpu()
         self._start = torch.as_tensor(self.start, dtype=torch.long).flatten()
         self._cache: dict = {}
+        self._delta = self.vector.operator.delta
 
     def reset(self, position: int = 0) -> "Steering":
         """Rewind the position counter before a new sequence (prefill) or a continuation starting at `position`."""
@@ -124,11 +119,7 @@ class Steering:
         else:
             pmask = None
         hf = h.float()
-        if self.vector.additive:
-            delta = v.view(1, 1, -1).expand_as(hf)
-        else:
-            r = v / v.norm()
-            delta = -(hf @ r).unsqueeze(-1) * r
+        delta = self._delta(hf, v)
         scale = c.expand(B, S, 1)
         if pmask is not None:
             scale = scale * pmask

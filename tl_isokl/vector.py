@@ -15,9 +15,7 @@ import torch
 
 from tl_isokl.errors import IsoKLError, VectorMismatchError
 from tl_isokl.io import atomic_write_bytes, sha256_bytes
-
-METHODS = ("mean_diff", "pca", "directional_ablation")
-GATES = ("soft", "hard", "sign")
+from tl_isokl.methods import GATES, Operator, check_gate, parse_method
 
 
 def hook_name(layer: int) -> str:
@@ -31,6 +29,7 @@ class Gate:
     soft: relu(|cos| - tau)   (steering-lite's gate; 0 where the residual is unrelated to v)
     hard: 1[cos > tau]        (on/off, one-sided)
     sign: sign(h . v)         (RepE piecewise operator; tau unused)
+    The kinds are the registered gates of `tl_isokl.methods`.
     """
 
     kind: str = "soft"
@@ -54,7 +53,8 @@ class SteeringVector:
         direction: [d_model] float32. For additive methods (mean_diff, pca) its norm is the unit of the
             coefficient (coeff 1 adds exactly this vector); for directional_ablation it is unit-norm.
         layer: block index whose resid_post is steered.
-        method: "mean_diff", "pca" or "directional_ablation".
+        method: "<extractor>[+<operator>]" or an alias (see `tl_isokl.methods`): "mean_diff", "pca",
+            "directional_ablation" (= "mean_diff+ablate"), "pca+ablate", ...
         gate: optional cosine gate wrapping the method.
         meta: provenance (model, revision, token choice, prompt-set hash, package version, ...).
     """
@@ -66,8 +66,9 @@ class SteeringVector:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise IsoKLError(f"unknown steering method {self.method!r}; use one of {', '.join(METHODS)}")
+        parse_method(self.method)  # raises on an unknown method, naming the choices
+        if self.gate is not None:
+            check_gate(self.method, self.gate.kind)
         if self.direction.ndim != 1:
             raise IsoKLError(f"direction must be 1-D [d_model], got shape {tuple(self.direction.shape)}")
         if not torch.isfinite(self.direction).all() or float(self.direction.norm()) == 0.0:
@@ -83,8 +84,13 @@ class SteeringVector:
         return int(self.direction.shape[0])
 
     @property
+    def operator(self) -> Operator:
+        """How the direction is applied (add, ablate, ...)."""
+        return parse_method(self.method)[1]
+
+    @property
     def additive(self) -> bool:
-        return self.method != "directional_ablation"
+        return self.operator.name == "add"
 
     @property
     def sha256(self) -> str:

@@ -9,7 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from tl_isokl.errors import IsoKLError
-from tl_isokl.extract import direction_from, mean_diff, pca_direction
+from tl_isokl.extract import direction_from
+from tl_isokl.methods import mean_diff
+from tl_isokl.methods import pca as pca_direction
 
 D = 32
 
@@ -50,7 +52,7 @@ def test_pca_aligns_with_delta_and_has_mean_diff_norm(n_pos, n_neg):
     md = mean_diff(pos, neg)
     assert cos(v, delta) > 0.99
     assert float(v.norm()) == pytest.approx(float(md.norm()), rel=1e-5)
-    assert float(pca_direction(pos, neg, unit=True).norm()) == pytest.approx(1.0, abs=1e-6)
+    assert float(direction_from(pos, neg, "pca", unit=True).norm()) == pytest.approx(1.0, abs=1e-6)
 
 
 def test_pca_sign_follows_mean_diff_when_sets_are_swapped():

@@ -135,8 +135,10 @@ def test_bad_positions():
 
 # ---- identity at c = 0 --------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("method", ["mean_diff", "pca", "directional_ablation"])
-@pytest.mark.parametrize("gate", [None, Gate("soft", 0.0), Gate("hard", 0.0), Gate("sign")])
+@pytest.mark.parametrize("method,gate", [
+    (m, g) for m in ["mean_diff", "pca", "directional_ablation", "pca+ablate"]
+    for g in [None, Gate("soft", 0.0), Gate("hard", 0.0), Gate("sign")]
+    if not (m.endswith("ablation") or m.endswith("ablate")) or g is None or g.kind != "sign"])  # sign+ablate: refused
 @pytest.mark.parametrize("coeff", [0.0, torch.zeros(3)])
 def test_zero_coefficient_returns_none(method, gate, coeff):
     """None tells TransformerLens to keep the activation object itself: alpha = 0 is the base model exactly."""
@@ -241,8 +243,9 @@ def test_gate_values_on_random_residuals_match_einsum_cosine(kind):
     torch.testing.assert_close(gate_values(h, V, Gate(kind, 0.1)), expected, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("method", ["mean_diff", "directional_ablation"])
-@pytest.mark.parametrize("kind,expected", [("soft", SOFT), ("hard", HARD), ("sign", SIGN)])
+@pytest.mark.parametrize("method,kind,expected", [
+    ("mean_diff", "soft", SOFT), ("mean_diff", "hard", HARD), ("mean_diff", "sign", SIGN),
+    ("directional_ablation", "soft", SOFT), ("directional_ablation", "hard", HARD)])  # sign+ablation: refused
 def test_gated_hook_output_and_telemetry(method, kind, expected):
     h = planted_cos_resid(B=3)
     coeffs = torch.tensor([1.5, 0.0, -2.0])

@@ -24,8 +24,10 @@ def vec(**kw):
 
 # ---- persistence --------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("method", ["mean_diff", "pca", "directional_ablation"])
-@pytest.mark.parametrize("gate", [None, Gate("soft", 0.1), Gate("hard", -0.5), Gate("sign")])
+@pytest.mark.parametrize("method,gate", [
+    (m, g) for m in ["mean_diff", "pca", "directional_ablation", "pca+ablate"]
+    for g in [None, Gate("soft", 0.1), Gate("hard", -0.5), Gate("sign")]
+    if "abla" not in m or g is None or g.kind != "sign"])  # sign with an ablation is refused
 def test_save_load_round_trip_is_identical(tmp_path, method, gate):
     v = vec(method=method, gate=gate, direction=torch.randn(64, generator=torch.Generator().manual_seed(0)))
     p = v.save(tmp_path / "sub" / "v.safetensors")
