@@ -147,8 +147,8 @@ def calibrate(
     `tol` relative (|stat - target| <= tol * target; 0.05 = 5%).
 
     Args:
-        c_init: centre of the first round's geometric grid (default 1: one full contrast vector for additive
-            methods; 0.5 for directional ablation, whose useful range is ~0..2).
+        c_init: centre of the first round's geometric grid (default: the operator's `c_init`, 1 for add = one
+            full contrast vector; 0.5 for ablate, whose useful range is ~0..2).
         candidates: doses evaluated per round, all in one batched rollout (rows = prompts x candidates).
         on_round: called after each round with (round, points of that round), e.g. to print a table.
 
@@ -167,7 +167,7 @@ def calibrate(
     if not 0 < c_min < c_max:
         raise IsoKLError(f"need 0 < c_min < c_max, got c_min={c_min}, c_max={c_max}")
     pids = list(prompt_ids) if prompt_ids is not None else [str(i) for i in range(len(prompts))]
-    c0 = float(c_init) if c_init is not None else (1.0 if vector.additive else 0.5)
+    c0 = float(c_init) if c_init is not None else vector.operator.c_init
     t0 = time.time()
     history: list[CalibrationPoint] = []
 
