@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
+from tl_isokl.errors import IsoKLError
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -65,12 +67,68 @@ def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> Path:
     return atomic_write_text(path, "".join(dumps(r, indent=None) + "\n" for r in rows))
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise IsoKLError(f"{path}: not UTF-8 text (byte {e.start}); the file is damaged or not a tl-isokl file") from None
+    except OSError as e:
+        raise IsoKLError(f"{path}: cannot read it ({e.strerror or type(e).__name__})") from None
+
+
+def read_json(path: str | os.PathLike, *, kind: type | None = None) -> Any:
+    """Parse a JSON file. Malformed content is one IsoKLError naming the file, line and column (the CLI prints it
+    as one line, no traceback); with `kind` (e.g. dict), a top-level value of another type is refused too."""
+    p = Path(path)
+    try:
+        obj = json.loads(_read_text(p))
+    except json.JSONDecodeError as e:
+        raise IsoKLError(f"{p}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); the file is "
+                         f"damaged or not a tl-isokl file") from None
+    if kind is not None and not isinstance(obj, kind):
+        raise IsoKLError(f"{p}: expected a JSON {'object' if kind is dict else kind.__name__}, found "
+                         f"{type(obj).__name__}; the file is damaged or not a tl-isokl file")
+    return obj
 
 
 def read_jsonl(path: str | os.PathLike) -> list[Any]:
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    """Parse a JSON-lines file (blank lines skipped); a malformed line is one IsoKLError naming file:line."""
+    p = Path(path)
+    out = []
+    for n, line in enumerate(_read_text(p).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise IsoKLError(f"{p}:{n}: not valid JSON ({e.msg} at column {e.colno}); the file is damaged (a "
+                             f"killed write?) - delete it to recompute it") from None
+    return out
+
+
+def check_writable_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
+    """Fail now, not after minutes of compute, if `path` cannot become a folder we can write files into.
+
+    The folder itself is not created. The nearest existing ancestor must be a folder in which a file can be
+    created: a probe file is made there and removed at once (os.access is not enough: root passes it on a
+    read-only mount).
+    """
+    p = Path(path)
+    probe = p
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise IsoKLError(f"{what} {str(p)!r} cannot be created: {str(probe)!r} is a file, not a folder")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tl-isokl-write-test.", dir=probe)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise IsoKLError(f"{what} {str(p)!r} is not writable: cannot create files in {str(probe)!r} "
+                         f"({e.strerror or type(e).__name__})") from None
+    return p
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -47,26 +47,62 @@ def package_version() -> str:
 
 
 def environment() -> dict[str, Any]:
-    """Versions that change numbers: recorded in every manifest."""
+    """Versions that change numbers: recorded in every manifest.
+
+    From the installed distributions' metadata (importlib.metadata), not `module.__version__`: transformer_lens
+    4.x has no `__version__`, which used to be recorded as "unknown". None = not installed.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
     env: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform()}
-    for mod in ("torch", "transformers", "transformer_lens", "numpy"):
+    for key, dist in (("torch", "torch"), ("transformers", "transformers"), ("transformer_lens", "transformer-lens"),
+                      ("numpy", "numpy")):
         try:
-            m = __import__(mod)
-            env[mod] = getattr(m, "__version__", "unknown")
-        except Exception:
-            env[mod] = None
+            env[key] = version(dist)
+        except PackageNotFoundError:
+            env[key] = None
     return env
 
 
-def base_manifest(command: str, **fields: Any) -> dict[str, Any]:
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def history_entry(command: str, **fields: Any) -> dict[str, Any]:
+    """One command that wrote into a folder: its command line, working directory, time and versions."""
+    return {"command": command, "argv": list(sys.argv), "cwd": str(Path.cwd()), "time": _now(),
+            "package_version": package_version(), "environment": environment(), **fields}
+
+
+def base_manifest(command: str, *, history: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
+    """A new manifest; `history` = extra fields of this command's history entry (e.g. the cells it wrote)."""
     return {
         "command": command,
         "argv": list(sys.argv),
         "package_version": package_version(),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _now(),
         "environment": environment(),
         **fields,
+        "history": [history_entry(command, **(history or {}))],
     }
+
+
+def merge_manifest(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """The manifest to write when a command writes into a folder that already has one: the new fields, but the
+    original `created`/`argv`/`environment` and the old `history` followed by the new entries. Resuming must not
+    erase which command lines produced the cells already on disk."""
+    if not old:
+        return new
+    out = dict(new)
+    for k in ("created", "argv", "environment", "package_version"):
+        if k in old:
+            out[k] = old[k]
+    hist = old.get("history")
+    if not isinstance(hist, list):  # a manifest from before the history list: its one command line
+        hist = [{"command": old.get("command"), "argv": old.get("argv"), "time": old.get("created"),
+                 "package_version": old.get("package_version"), "environment": old.get("environment")}]
+    out["history"] = [*hist, *new.get("history", [])]
+    return out
 
 
 @dataclass
@@ -130,7 +166,7 @@ class RunDir:
         return atomic_write_jsonl(self.cell_path(alpha), [t.to_dict(threshold) for t in trajectories])
 
     def read_cell(self, alpha: float) -> list[Trajectory]:
-        return [Trajectory.from_dict(d) for d in read_jsonl(self.cell_path(alpha))]
+        return _read_cell(self.cell_path(alpha))
 
     def write_manifest(self, manifest: dict[str, Any]) -> Path:
         return atomic_write_json(self.manifest_path, manifest)
@@ -138,18 +174,41 @@ class RunDir:
     def read_manifest(self) -> dict[str, Any]:
         if not self.manifest_path.is_file():
             raise RunDirError(f"{self.path} is not a run directory (no {MANIFEST}); pass the --out folder of a sweep")
-        return read_json(self.manifest_path)
+        return read_json(self.manifest_path, kind=dict)
+
+    def read_calibration(self) -> dict[str, Any] | None:
+        return read_json(self.calibration_path, kind=dict) if self.calibration_path.is_file() else None
 
     def load(self) -> Run:
         manifest = self.read_manifest()
-        cal = read_json(self.calibration_path) if self.calibration_path.is_file() else None
+        cal = self.read_calibration()
         trajs: list[Trajectory] = []
-        cells = sorted((self.path / CELLS).glob("alpha=*.jsonl"), key=lambda p: float(p.stem.split("=", 1)[1]))
-        for p in cells:
-            trajs.extend(Trajectory.from_dict(d) for d in read_jsonl(p))
+        for p in sorted((self.path / CELLS).glob("alpha=*.jsonl"), key=_cell_alpha):
+            trajs.extend(_read_cell(p))
         if not trajs:
             raise RunDirError(f"{self.path} has no finished alpha cells in {CELLS}/; run `tl-isokl sweep --out {self.path}`")
         return Run(path=self.path, manifest=manifest, calibration=cal, trajectories=trajs)
+
+
+def _cell_alpha(p: Path) -> float:
+    try:
+        return float(p.stem.split("=", 1)[1])
+    except ValueError:
+        raise RunDirError(f"{p}: not a cell file name (alpha=<number>.jsonl); move it out of {p.parent}") from None
+
+
+def _read_cell(p: Path) -> list[Trajectory]:
+    """A cell's trajectories; a damaged line is one RunDirError naming file:line (never a TypeError later)."""
+    out = []
+    for n, d in enumerate(read_jsonl(p), 1):
+        try:
+            if not isinstance(d, dict):
+                raise TypeError(f"a JSON {type(d).__name__}, not an object")
+            out.append(Trajectory.from_dict(d))
+        except (TypeError, KeyError, ValueError, AttributeError) as e:
+            raise RunDirError(f"{p}: record {n} is not a trajectory ({type(e).__name__}: {e}); the file is damaged "
+                              f"- delete it and rerun the sweep to recompute that alpha") from None
+    return out
 
 
 def load_run(path: str | Path) -> Run:

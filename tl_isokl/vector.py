@@ -139,7 +139,12 @@ class SteeringVector:
         except (KeyError, json.JSONDecodeError, Exception) as e:
             if isinstance(e, IsoKLError):
                 raise
-            raise IsoKLError(f"{str(p)!r} is not a tl-isokl vector file ({type(e).__name__}); re-extract it") from None
+            what = str(e).strip().splitlines()[0][:120] if str(e).strip() else ""
+            what = f"{type(e).__name__}: {what}" if what else type(e).__name__
+            if isinstance(e, KeyError):
+                what = "no tl_isokl metadata in the safetensors header"
+            raise IsoKLError(f"{str(p)!r} is not a tl-isokl vector file ({what}); re-extract it with "
+                             f"`tl-isokl extract`") from None
         core = {"method", "layer", "hook_name", "d_model", "gate", "sha256"}
         try:  # a file with our key but missing/garbled fields must still fail as one clear line
             if not isinstance(meta, dict):
