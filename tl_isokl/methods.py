@@ -5,7 +5,7 @@ A method name composes them: "<extractor>" (applied additively), "<extractor>+<o
 new extractor or operator works with every other one at once. Gates wrap any method (with the exceptions an
 operator declares, see `Operator.gates`).
 
-    extractors  (pos [n, d], neg [m, d]) -> direction [d]     mean_diff, pca
+    extractors  (pos [n, d], neg [m, d]) -> direction [d]     mean_diff, pca, random (the matched-KL null)
     operators   h' = h + c * g * delta(h, v)                    add: delta = v;  ablate: delta = -(h . r) r
     gates       g(h, v, tau) per token                          soft, hard, sign
 
@@ -107,6 +107,15 @@ def pca(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     if float(pc @ md) < 0:
         pc = -pc
     return pc * md.norm()
+
+
+@register_extractor("random")
+def random(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """The matched-KL null: a fixed random direction (seed 0, Gaussian) with the norm of mean_diff. Calibrated to
+    the same KL budget, it shows what any perturbation of that size buys; a real method should beat it."""
+    g = torch.Generator().manual_seed(0)
+    r = torch.randn(pos.shape[-1], generator=g, dtype=torch.float64).float()
+    return r / r.norm() * mean_diff(pos, neg).norm()
 
 
 # ---------------------------------------------------------------------------------------------- operators

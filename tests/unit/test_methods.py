@@ -77,3 +77,14 @@ def test_a_registered_extractor_and_operator_compose_with_everything():
     finally:
         EXTRACTORS.pop("test_first_pos")
         OPERATORS.pop("test_double")
+
+
+def test_random_null_has_the_norm_of_mean_diff_is_seeded_and_unrelated():
+    pos, neg = acts(2)
+    r = direction_from(pos, neg, "random")
+    md = direction_from(pos, neg, "mean_diff")
+    assert float(r.norm()) == pytest.approx(float(md.norm()), rel=1e-5)
+    torch.testing.assert_close(r, direction_from(pos * 2, neg, "random") * md.norm() / (pos * 2).mean(0).sub(
+        neg.mean(0)).norm(), rtol=1e-5, atol=1e-6)  # same direction whatever the sets: a fixed seed
+    big = direction_from(torch.randn(4, 4096), torch.randn(4, 4096), "random")
+    assert abs(float(torch.nn.functional.cosine_similarity(big, torch.ones(4096), dim=0))) < 0.1
