@@ -17,6 +17,25 @@ Cost: no fork re-forwards prompt + rollout[:t]. Each trajectory is one packed se
 every fork's (prefill + answer) segment, with a 4D attention mask letting a segment see rollout[:plen+t] and
 itself, and position ids continuing from its fork. One forward per batch of trajectories scores every fork:
 O(T + forks x segment) tokens instead of O(forks x T).
+
+Attention pattern: a 4D mask handed to an HF model replaces the masks it would build itself, sliding windows
+included, so the packed mask must carry the model's own pattern. `attention_layout` chooses from the HF config
+(`layer_types`, `sliding_window`, `use_sliding_window`), once per call:
+
+* every layer global (GPT-2, Llama, OLMo-2, Qwen3, Granite, Cohere): one packed mask, as above;
+* every layer with the same window W (Mistral, Phi-3, Starcoder2): one packed mask with the window folded in;
+* local and global layers mixed (Gemma-2/3, Cohere2, Qwen2/3 with `use_sliding_window`): one packed mask per
+  layer type, passed as the mapping {"full_attention": m, "sliding_attention": m_W} that these HF models accept
+  as `attention_mask` (detected from the model's forward, which tests `isinstance(attention_mask, dict)`);
+* anything else (mixed layers on a model that takes a single mask, other layer types such as chunked or linear
+  attention, recurrent/state-space layers, a sliding layer without a window): "per_fork", one ordinary
+  right-padded forward of prompt + rollout[:t] + prefill + answer per fork and answer variant, batched, in which
+  the model builds its own masks. Exact for any causal model; costs O(forks x T) tokens.
+
+The window is measured in position ids, which in a packed row equal the positions of the unpacked sequence:
+key j is visible to query i when allowed and pos[i] - pos[j] < W, HF's convention (`sliding_window_overlay`:
+kv_idx > q_idx - W). Packed, per-fork and `probe_reference` agree to < 1e-4 on every architecture of the test
+zoo (tests/integration/test_zoo.py).
 """
 
 from __future__ import annotations
@@ -31,7 +50,7 @@ from tl_isokl.head import final_logits
 from tl_isokl.records import ForkProbe
 from tl_isokl.rollout import Rollout
 from tl_isokl.steer import Steering
-from tl_isokl.tokens import decode, encode, pad_id
+from tl_isokl.tokens import decode, encode, pad_batch, pad_id, position_ids
 from tl_isokl.vector import SteeringVector, hook_name
 
 PREFILL = '\nI should answer now.</think>{"value": '
@@ -131,6 +150,80 @@ def default_forks(traj: Rollout, schedule: str | int = "log2") -> list[int]:
     return fork_points(n_max, schedule)
 
 
+_MASKABLE = ("full_attention", "sliding_attention")
+# config fields of recurrent / state-space layers: a packed row would run every segment through one recurrent
+# state, which no attention mask can undo
+_RECURRENT_FIELDS = ("state_size", "ssm_state_size", "mamba_d_state", "mamba_expand", "hybrid_override_pattern",
+                     "layers_block_type", "attn_layer_indices", "linear_attn_config", "time_step_rank")
+_RECURRENT_TYPES = ("mamba", "mamba2", "falcon_mamba", "falcon_h1", "rwkv", "rwkv7", "recurrent_gemma", "xlstm",
+                    "jamba", "bamba", "zamba", "zamba2", "nemotron_h", "lfm2", "granitemoehybrid", "qwen3_next")
+_MAPPING_MARK = "causal_mask_mapping := attention_mask, dict"
+
+
+@dataclass(frozen=True)
+class AttentionLayout:
+    """How `probe` reproduces the model's attention pattern, chosen from the HF config (see the module docstring).
+
+    mode: "packed" (one packed forward per batch of trajectories) or "per_fork" (one ordinary forward per
+        fork and answer variant, batched, right-padded: exact for any causal model, slower).
+    masks: for "packed", ((mask key, window or None), ...); the key "" means one 4D mask for every layer, other
+        keys are the layer types of a mask mapping handed to the model ({"full_attention": m, ...}).
+    reason: one line saying why, for logs and tests.
+    """
+
+    mode: str
+    masks: tuple[tuple[str, int | None], ...] = (("", None),)
+    reason: str = ""
+
+
+def _accepts_mask_mapping(model) -> bool:
+    """Does the HF base model's forward take a {layer type: 4D mask} mapping as its attention_mask?"""
+    import inspect
+
+    hf = model.original_model
+    base = getattr(hf, "base_model", None) or getattr(hf, "model", None) or hf
+    try:
+        src = inspect.getsource(type(base).forward)
+    except (OSError, TypeError):
+        return False
+    return _MAPPING_MARK in " ".join(src.split())
+
+
+def attention_layout(model) -> AttentionLayout:
+    """Pick the probe's strategy from the model's config: its per-layer attention types and sliding window."""
+    cfg = model.original_model.config
+    cfg = cfg.get_text_config() if callable(getattr(cfg, "get_text_config", None)) else cfg
+    n = int(model.cfg.n_layers)
+    hits = [f for f in _RECURRENT_FIELDS if getattr(cfg, f, None) is not None]
+    if str(getattr(cfg, "model_type", "")) in _RECURRENT_TYPES:
+        hits.insert(0, f"model type {cfg.model_type}")
+    if hits:
+        return AttentionLayout("per_fork", (), f"recurrent/state-space layers ({hits[0]})")
+    if getattr(cfg, "use_bidirectional_attention", False):
+        return AttentionLayout("per_fork", (), "bidirectional attention")
+    window = getattr(cfg, "sliding_window", None)
+    if getattr(cfg, "use_sliding_window", True) is False:
+        window = None
+    window = int(window) if window else None
+    types = getattr(cfg, "layer_types", None)
+    if types is None:
+        types = ["sliding_attention" if window else "full_attention"] * n
+    kinds = sorted(set(types))
+    odd = [k for k in kinds if k not in _MASKABLE]
+    if odd:
+        return AttentionLayout("per_fork", (), f"layer type {odd[0]!r} cannot be expressed as a packed mask")
+    if "sliding_attention" in kinds and window is None:
+        return AttentionLayout("per_fork", (), "sliding-attention layers without a sliding_window in the config")
+    win = {k: (window if k == "sliding_attention" else None) for k in kinds}
+    if len(kinds) == 1:
+        w = win[kinds[0]]
+        return AttentionLayout("packed", (("", w),), f"every layer {'window ' + str(w) if w else 'full'}: one mask")
+    if _accepts_mask_mapping(model):
+        return AttentionLayout("packed", tuple((k, win[k]) for k in kinds),
+                               f"local (window {window}) and global layers: a mask per layer type")
+    return AttentionLayout("per_fork", (), "local and global layers, and the model takes a single mask")
+
+
 @torch.no_grad()
 def probe(
     model,
@@ -144,65 +237,133 @@ def probe(
     positions: str = "all",
     progress: Callable[[int], None] | None = None,
 ) -> list[list[ForkProbe]]:
-    """Fork probes for each rollout (steered at the rollout's own coefficient), fast packed path.
+    """Fork probes for each rollout (steered at the rollout's own coefficient): the packed path, or one forward
+    per fork where the model's attention cannot be packed (`attention_layout`).
 
     `positions` must match the rollout's: with "generated" the prompt is unsteered and the rollout and every
     spliced segment (all after the prompt) are steered.
     """
     segs = _Segments(model, spec)
-    final = hook_name(int(model.cfg.n_layers) - 1)
-    dev = model.cfg.device
+    layout = attention_layout(model)
     results: list[list[ForkProbe]] = []
     for b0 in range(0, len(rollouts), batch_size):
         rows = rollouts[b0: b0 + batch_size]
-        packed = []
+        plans = []
         for j, r in enumerate(rows):
             fk = list(forks[b0 + j]) if forks is not None else default_forks(r, schedule)
-            packed.append(_pack(r, probe_forks(model, spec, r, fk), segs))
-        L = max(p["ids"].numel() for p in packed)
-        B = len(rows)
-        ids = torch.full((B, L), pad_id(model), dtype=torch.long)
-        pos = torch.zeros((B, L), dtype=torch.long)
-        allow = torch.zeros((B, L, L), dtype=torch.bool)
-        for j, p in enumerate(packed):
-            n = p["ids"].numel()
-            ids[j, :n], pos[j, :n], allow[j, :n, :n] = p["ids"], p["pos"], p["allow"]
-            idx = torch.arange(n, L)
-            allow[j, idx, idx] = True  # padding attends to itself only: no empty softmax rows
-        neg = torch.finfo(model.cfg.dtype if isinstance(model.cfg.dtype, torch.dtype) else torch.float32).min
-        mask4 = torch.zeros((B, 1, L, L), dtype=model.cfg.dtype if isinstance(model.cfg.dtype, torch.dtype)
-                            else torch.float32)
-        mask4.masked_fill_(~allow.unsqueeze(1), neg)
-        hooks = []
-        if vector is not None:
-            coeffs = torch.tensor([r.coeff for r in rows], dtype=torch.float32)
-            starts = torch.tensor([len(r.prompt_ids) for r in rows])  # packed rows are unpadded: prompt first
-            hooks = Steering(vector, coeffs, positions=positions, start=starts).reset(0).fwd_hooks()
-        with model.hooks(fwd_hooks=hooks):
-            _, cache = model.run_with_cache(ids.to(dev), attention_mask=mask4.to(dev), position_ids=pos.to(dev),
-                                            names_filter=[final], logits_to_keep=1)
-        resid = cache[final]
-        for j, p in enumerate(packed):
-            out = []
-            if p["score_pos"]:
-                sp = torch.tensor(p["score_pos"], device=dev)
-                lp = torch.log_softmax(final_logits(model, resid[j, sp]).float(), -1)
-                tok_lp = lp.gather(-1, torch.tensor(p["score_tok"], device=dev)[:, None])[:, 0].cpu()
-                owner = torch.tensor(p["score_owner"])
-                for f_i, (t, variants) in enumerate(p["forks"]):
-                    p_true = p_false = 0.0
-                    for v_i, is_true in variants:
-                        prob = float(tok_lp[owner == v_i].double().sum().exp())
-                        if is_true:
-                            p_true += prob
-                        else:
-                            p_false += prob
-                    out.append(ForkProbe(t=int(t), pmass=p_true + p_false, p_true=p_true))
-            results.append(out)
-        del cache, resid
+            plans.append(probe_forks(model, spec, r, fk))
+        if layout.mode == "packed":
+            results += _probe_packed(model, vector, rows, plans, segs, positions, layout)
+        else:
+            results += _probe_per_fork(model, vector, rows, plans, segs, positions, batch_size)
         if progress is not None:
-            progress(B)
+            progress(len(rows))
     return results
+
+
+def _steering_hooks(vector, coeffs: list[float], starts: list[int], positions: str) -> list:
+    if vector is None:
+        return []
+    return Steering(vector, torch.tensor(coeffs, dtype=torch.float32), positions=positions,
+                    start=torch.tensor(starts)).reset(0).fwd_hooks()
+
+
+def _fork_probes(fork_list, logp: dict[int, float]) -> list[ForkProbe]:
+    """ForkProbes from each variant's total log-probability (float64)."""
+    out = []
+    for t, variants in fork_list:
+        p_true = p_false = 0.0
+        for v_i, is_true in variants:
+            prob = float(torch.tensor(logp[v_i], dtype=torch.float64).exp())
+            if is_true:
+                p_true += prob
+            else:
+                p_false += prob
+        out.append(ForkProbe(t=int(t), pmass=p_true + p_false, p_true=p_true))
+    return out
+
+
+def _probe_packed(model, vector, rows, plans, segs, positions, layout: AttentionLayout) -> list[list[ForkProbe]]:
+    final = hook_name(int(model.cfg.n_layers) - 1)
+    dev = model.cfg.device
+    packed = [_pack(r, fl, segs) for r, fl in zip(rows, plans)]
+    L = max(p["ids"].numel() for p in packed)
+    B = len(rows)
+    ids = torch.full((B, L), pad_id(model), dtype=torch.long)
+    pos = torch.zeros((B, L), dtype=torch.long)
+    allow = torch.zeros((B, L, L), dtype=torch.bool)
+    for j, p in enumerate(packed):
+        n = p["ids"].numel()
+        ids[j, :n], pos[j, :n], allow[j, :n, :n] = p["ids"], p["pos"], p["allow"]
+        idx = torch.arange(n, L)
+        allow[j, idx, idx] = True  # padding attends to itself only: no empty softmax rows
+    dtype = model.cfg.dtype if isinstance(model.cfg.dtype, torch.dtype) else torch.float32
+    neg = torch.finfo(dtype).min
+    masks = {}
+    for key, window in layout.masks:
+        a = allow
+        if window is not None:  # HF's sliding window, measured in positions: q_pos - kv_pos < window
+            a = allow & ((pos[:, :, None] - pos[:, None, :]) < window)
+        m = torch.zeros((B, 1, L, L), dtype=dtype)
+        m.masked_fill_(~a.unsqueeze(1), neg)
+        masks[key] = m.to(dev)
+    attention_mask = masks[""] if "" in masks else masks
+    hooks = _steering_hooks(vector, [r.coeff for r in rows], [len(r.prompt_ids) for r in rows], positions)
+    with model.hooks(fwd_hooks=hooks):  # packed rows are unpadded at the front: the prompt comes first
+        _, cache = model.run_with_cache(ids.to(dev), attention_mask=attention_mask, position_ids=pos.to(dev),
+                                        names_filter=[final], logits_to_keep=1)
+    resid = cache[final]
+    results = []
+    for j, p in enumerate(packed):
+        logp: dict[int, float] = {}
+        if p["score_pos"]:
+            sp = torch.tensor(p["score_pos"], device=dev)
+            lp = torch.log_softmax(final_logits(model, resid[j, sp]).float(), -1)
+            tok_lp = lp.gather(-1, torch.tensor(p["score_tok"], device=dev)[:, None])[:, 0].cpu().double()
+            owner = torch.tensor(p["score_owner"])
+            for _, variants in p["forks"]:
+                for v_i, _ in variants:
+                    logp[v_i] = float(tok_lp[owner == v_i].sum())
+        results.append(_fork_probes(p["forks"], logp))
+    del cache, resid
+    return results
+
+
+def _probe_per_fork(model, vector, rows, plans, segs, positions, chunk: int) -> list[list[ForkProbe]]:
+    """One right-padded sequence prompt + rollout[:t] + prefill + answer per (fork, variant), `chunk` per forward:
+    the model builds its own masks (sliding windows, recurrent state), so this is exact for any causal model."""
+    final = hook_name(int(model.cfg.n_layers) - 1)
+    dev = model.cfg.device
+    units = []  # (row, variant id, ids, prompt length, scored positions, scored tokens)
+    fork_lists = []
+    for j, (r, plan) in enumerate(zip(rows, plans)):
+        P = len(r.prompt_ids)
+        fl, v_id = [], 0
+        for t, prefill in plan:
+            variants = []
+            for is_true, both, k in segs.get(prefill):
+                ctx = P + t
+                units.append((j, v_id, r.prompt_ids + r.tokens[:t] + both, P,
+                              [ctx + i - 1 for i in range(k, len(both))], both[k:]))
+                variants.append((v_id, is_true))
+                v_id += 1
+            fl.append((t, variants))
+        fork_lists.append(fl)
+    logp: list[dict[int, float]] = [{} for _ in rows]
+    for a in range(0, len(units), max(1, chunk)):
+        part = units[a: a + max(1, chunk)]
+        ids, mask = pad_batch([u[2] for u in part], pad_id(model), side="right")
+        hooks = _steering_hooks(vector, [rows[u[0]].coeff for u in part], [u[3] for u in part], positions)
+        with model.hooks(fwd_hooks=hooks):
+            _, cache = model.run_with_cache(ids.to(dev), attention_mask=mask.to(dev),
+                                            position_ids=position_ids(mask).to(dev), names_filter=[final],
+                                            logits_to_keep=1)
+        resid = cache[final]
+        for i, (j, v_id, _, _, sp, st) in enumerate(part):
+            lp = torch.log_softmax(final_logits(model, resid[i, torch.tensor(sp, device=dev)]).float(), -1)
+            logp[j][v_id] = float(lp.gather(-1, torch.tensor(st, device=dev)[:, None]).double().sum())
+        del cache, resid
+    return [_fork_probes(fl, lp) for fl, lp in zip(fork_lists, logp)]
 
 
 def _pack(r: Rollout, forks: list[tuple[int, str]], segs: _Segments) -> dict:
