@@ -46,7 +46,7 @@ def generate(model, inp, cache, **kw):
     ("mean_diff", None, 0.4),
     ("mean_diff", Gate("soft", 0.05), -0.6),
     ("directional_ablation", None, 1.0),
-    ("directional_ablation", Gate("sign"), 0.5),
+    ("directional_ablation", Gate("hard", 0.0), 0.5),  # sign with an ablation is refused
 ])
 def test_cached_steered_generation_equals_uncached(model, vectors, prompt_ids, method, gate, coeff):
     v = vectors[method].with_gate(gate)
