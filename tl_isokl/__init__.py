@@ -16,7 +16,8 @@ from tl_isokl.model import load_model
 from tl_isokl.vector import Gate, SteeringVector
 from tl_isokl.extract import extract
 from tl_isokl.steer import Steering, steer
-from tl_isokl.rollout import Rollout, rollout
+from tl_isokl.records import Rollout
+from tl_isokl.rollout import rollout
 from tl_isokl.kl import per_token_kl
 from tl_isokl.calibrate import CalibrationResult, calibrate
 from tl_isokl.probe import ProbeSpec, probe

@@ -207,7 +207,7 @@ class TraceInspection:
         scores: per generated token, all of them: kl (stored), kl_recomputed, logp_steered, logp_base,
             entropy_steered, cos_steered, cos_base; float arrays of len(traj.tokens).
         token_strs: decoded text of every generated token.
-        prompt_ids: the prompt's token ids as re-encoded for the forward.
+        prompt_tokens: the prompt's token ids as re-encoded for the forward.
         max_abs_kl_diff: max |kl_recomputed - kl| over finite stored values (the self-check).
         label, evidence: `label_death` output, or (None, {}) when the trace did not die.
     """
@@ -219,7 +219,7 @@ class TraceInspection:
     rows: list[dict[str, Any]]
     scores: dict[str, np.ndarray]
     token_strs: list[str]
-    prompt_ids: list[int]
+    prompt_tokens: list[int]
     max_abs_kl_diff: float
     label: str | None = None
     evidence: dict[str, Any] = field(default_factory=dict)
@@ -251,12 +251,12 @@ def inspect_trace(
         label_kwargs: passed to `label_death` for dead traces.
     """
     import torch
-    import torch.nn.functional as F
 
-    from tl_isokl.kl import CHUNK_ELEMENTS, kl_from_logprobs, unembed_final
-    from tl_isokl.steer import Steering
+    from tl_isokl.forward import chunks, final_hook, log_probs, resid_post
+    from tl_isokl.kl import kl_from_logprobs
+    from tl_isokl.methods import cosine
+    from tl_isokl.steer import steering_hooks
     from tl_isokl.tokens import decode, encode, position_ids
-    from tl_isokl.vector import hook_name
 
     if radius < 0:
         raise IsoKLError(f"radius {radius} must be >= 0 tokens")
@@ -279,28 +279,23 @@ def inspect_trace(
     if n == 0:
         raise IsoKLError(f"trace {traj.prompt_id!r} at alpha {traj.alpha:g} generated no tokens; nothing to inspect")
 
-    prompt_ids = encode(model, traj.prompt)
-    P = len(prompt_ids)
-    seq = torch.tensor([prompt_ids + list(traj.tokens)], dtype=torch.long)
+    prompt_tokens = encode(model, traj.prompt)
+    P = len(prompt_tokens)
+    seq = torch.tensor([prompt_tokens + list(traj.tokens)], dtype=torch.long)
     mask = torch.ones_like(seq)
     dev = model.cfg.device
-    L_hook, final = vector.hook_name, hook_name(int(model.cfg.n_layers) - 1)
-    names = list(dict.fromkeys([L_hook, final]))
-    kw = dict(attention_mask=mask.to(dev), position_ids=position_ids(mask).to(dev), names_filter=names,
-              logits_to_keep=1)
+    L_hook, final = vector.hook_name, final_hook(model)
+    kw = dict(attention_mask=mask, position_ids=position_ids(mask), names=[L_hook, final])
     with torch.no_grad():
-        steering = Steering(vector, float(traj.coeff), positions=positions, start=P).reset(0)
-        with model.hooks(fwd_hooks=steering.fwd_hooks()):
-            _, cs = model.run_with_cache(seq.to(dev), **kw)
-        _, cb = model.run_with_cache(seq.to(dev), **kw)
+        cs = resid_post(model, seq, hooks=steering_hooks(vector, float(traj.coeff), positions=positions, start=P),
+                        **kw)
+        cb = resid_post(model, seq, **kw)
 
         # positions whose output distribution produced generated tokens 0..n-1
         pos = torch.arange(P - 1, P - 1 + n, device=dev)
         tok = torch.tensor(traj.tokens, dtype=torch.long, device=dev)
-        v = vector.direction.to(dev)
-        rs, rb = cs[L_hook][0, pos].float(), cb[L_hook][0, pos].float()
-        cos_s = F.cosine_similarity(rs, v.expand_as(rs), dim=-1, eps=1e-8).cpu().numpy()
-        cos_b = F.cosine_similarity(rb, v.expand_as(rb), dim=-1, eps=1e-8).cpu().numpy()
+        cos_s = cosine(cs[L_hook][0, pos], vector.direction).cpu().numpy()
+        cos_b = cosine(cb[L_hook][0, pos], vector.direction).cpu().numpy()
 
         lo, hi = max(0, center - radius), min(n, center + radius + 1)
         kl_r = np.empty(n, dtype=np.float64)
@@ -308,15 +303,14 @@ def inspect_trace(
         lp_b = np.empty(n, dtype=np.float64)
         ent = np.empty(n, dtype=np.float64)
         detail: dict[int, dict[str, Any]] = {}
-        chunk = max(1, CHUNK_ELEMENTS // max(int(model.cfg.d_vocab), 1))
 
         def one(i: int) -> str:
             return decode(model, [i])
 
-        for a in range(0, n, chunk):
-            p = pos[a: a + chunk]
-            ls = torch.log_softmax(unembed_final(model, cs[final][0, p]).float(), -1)
-            lb = torch.log_softmax(unembed_final(model, cb[final][0, p]).float(), -1)
+        for c in chunks(model, n):
+            a, p = c.start, pos[c]
+            ls = log_probs(model, cs[final][0, p])
+            lb = log_probs(model, cb[final][0, p])
             ps = ls.exp()
             kl_r[a: a + len(p)] = kl_from_logprobs(ls, lb).cpu().numpy()
             ent[a: a + len(p)] = (-(ps * ls).nan_to_num().sum(-1)).cpu().numpy()
@@ -357,7 +351,7 @@ def inspect_trace(
     scores = {"kl": kl_stored, "kl_recomputed": kl_r, "logp_steered": lp_s, "logp_base": lp_b,
               "entropy_steered": ent, "cos_steered": cos_s.astype(np.float64), "cos_base": cos_b.astype(np.float64)}
     return TraceInspection(traj=traj, fate=f, threshold=float(threshold), center=center, rows=rows, scores=scores,
-                           token_strs=token_strs, prompt_ids=prompt_ids, max_abs_kl_diff=max_diff, label=label,
+                           token_strs=token_strs, prompt_tokens=prompt_tokens, max_abs_kl_diff=max_diff, label=label,
                            evidence=evidence)
 
 

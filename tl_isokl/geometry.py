@@ -17,7 +17,9 @@ from tl_isokl.errors import IsoKLError
 
 
 def resid_post_names(model) -> list[str]:
-    return [f"blocks.{i}.hook_resid_post" for i in range(int(model.cfg.n_layers))]
+    from tl_isokl.vector import hook_name
+
+    return [hook_name(i) for i in range(int(model.cfg.n_layers))]
 
 
 def layer_summary(cos: np.ndarray, *, skip_first: bool = False) -> list[dict[str, float]]:
@@ -55,8 +57,9 @@ def cosine_profile(
         (the steered run's gate telemetry: tokens, fraction_on, mean_gate) for gated vectors, else None.
     """
     import torch
-    import torch.nn.functional as F
 
+    from tl_isokl.forward import resid_post
+    from tl_isokl.methods import cosine
     from tl_isokl.steer import Steering
     from tl_isokl.tokens import bos_id, decode, encode, position_ids
 
@@ -71,25 +74,18 @@ def cosine_profile(
     if n_ctx and len(ids) > n_ctx:
         raise IsoKLError(f"text is {len(ids)} tokens but the model context is {n_ctx}; pass a shorter text")
     names = resid_post_names(model)
-    dev = model.cfg.device
-    seq = torch.tensor([ids], dtype=torch.long, device=dev)
+    seq = torch.tensor([ids], dtype=torch.long)
     mask = torch.ones_like(seq)
-    kw = dict(attention_mask=mask, position_ids=position_ids(mask), names_filter=names)
-    v = vector.direction.to(dev)
+    kw = dict(attention_mask=mask, position_ids=position_ids(mask), names=names)
 
     def cos_of(cache) -> np.ndarray:
-        R = torch.stack([cache[n][0] for n in names]).float()  # [layer, T, d]
-        return F.cosine_similarity(R, v.expand_as(R), dim=-1, eps=1e-8).cpu().numpy().astype(np.float64)
+        R = torch.stack([cache[n][0] for n in names])  # [layer, T, d]
+        return cosine(R, vector.direction).cpu().numpy().astype(np.float64)
 
     with torch.no_grad():
-        _, cb = model.run_with_cache(seq, **kw)
-        base = cos_of(cb)
-        del cb
-        steering = Steering(vector, float(coeff), positions=positions, start=start).reset(0)
-        with model.hooks(fwd_hooks=steering.fwd_hooks()):
-            _, cs = model.run_with_cache(seq, **kw)
-        steered = cos_of(cs)
-        del cs
+        base = cos_of(resid_post(model, seq, **kw))
+        steering = Steering(vector, float(coeff), positions=positions, start=start).reset(0)  # kept: telemetry
+        steered = cos_of(resid_post(model, seq, hooks=steering.fwd_hooks(), **kw))
     skip = skip_bos_in_summary and ids[0] == bos_id(model)
     return {
         "ids": ids,

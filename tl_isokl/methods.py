@@ -138,21 +138,23 @@ def ablate(h: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------- gates
 
 
-def _cos(h: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """cos(h, v) per token; zero residuals give 0, not NaN."""
-    return F.cosine_similarity(h, v.expand_as(h), dim=-1, eps=1e-8)
+def cosine(h: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """cos(h, v) along the last axis, in float32: the one definition gates, forensics and the cosine profile use.
+    Zero residuals give 0, not NaN."""
+    h = h.float()
+    return F.cosine_similarity(h, v.to(h.device, torch.float32).expand_as(h), dim=-1, eps=1e-8)
 
 
 @register_gate("soft")
 def soft(h: torch.Tensor, v: torch.Tensor, tau: float) -> torch.Tensor:
     """relu(|cos| - tau): steering-lite's gate; 0 where the residual is unrelated to v."""
-    return torch.relu(_cos(h, v).abs() - tau)
+    return torch.relu(cosine(h, v).abs() - tau)
 
 
 @register_gate("hard")
 def hard(h: torch.Tensor, v: torch.Tensor, tau: float) -> torch.Tensor:
     """1[cos > tau]: on/off, one-sided."""
-    return (_cos(h, v) > tau).float()
+    return (cosine(h, v) > tau).float()
 
 
 @register_gate("sign")

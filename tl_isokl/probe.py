@@ -46,12 +46,12 @@ from typing import Callable, Sequence
 import torch
 
 from tl_isokl.errors import IsoKLError
-from tl_isokl.head import final_logits
+from tl_isokl.forward import log_probs, resid_post
 from tl_isokl.records import ForkProbe
-from tl_isokl.rollout import Rollout
-from tl_isokl.steer import Steering
+from tl_isokl.records import Rollout
+from tl_isokl.steer import steering_hooks
 from tl_isokl.tokens import decode, encode, pad_batch, pad_id, position_ids
-from tl_isokl.vector import SteeringVector, hook_name
+from tl_isokl.vector import SteeringVector
 
 PREFILL = '\nI should answer now.</think>{"value": '
 THINK_CLOSE = "</think>"
@@ -261,13 +261,6 @@ def probe(
     return results
 
 
-def _steering_hooks(vector, coeffs: list[float], starts: list[int], positions: str) -> list:
-    if vector is None:
-        return []
-    return Steering(vector, torch.tensor(coeffs, dtype=torch.float32), positions=positions,
-                    start=torch.tensor(starts)).reset(0).fwd_hooks()
-
-
 def _fork_probes(fork_list, logp: dict[int, float]) -> list[ForkProbe]:
     """ForkProbes from each variant's total log-probability (float64)."""
     out = []
@@ -284,7 +277,6 @@ def _fork_probes(fork_list, logp: dict[int, float]) -> list[ForkProbe]:
 
 
 def _probe_packed(model, vector, rows, plans, segs, positions, layout: AttentionLayout) -> list[list[ForkProbe]]:
-    final = hook_name(int(model.cfg.n_layers) - 1)
     dev = model.cfg.device
     packed = [_pack(r, fl, segs) for r, fl in zip(rows, plans)]
     L = max(p["ids"].numel() for p in packed)
@@ -308,42 +300,41 @@ def _probe_packed(model, vector, rows, plans, segs, positions, layout: Attention
         m.masked_fill_(~a.unsqueeze(1), neg)
         masks[key] = m.to(dev)
     attention_mask = masks[""] if "" in masks else masks
-    hooks = _steering_hooks(vector, [r.coeff for r in rows], [len(r.prompt_ids) for r in rows], positions)
-    with model.hooks(fwd_hooks=hooks):  # packed rows are unpadded at the front: the prompt comes first
-        _, cache = model.run_with_cache(ids.to(dev), attention_mask=attention_mask, position_ids=pos.to(dev),
-                                        names_filter=[final], logits_to_keep=1)
-    resid = cache[final]
+    # packed rows are unpadded at the front: the prompt comes first, so a row's steering starts at its length
+    hooks = steering_hooks(vector, [r.coeff for r in rows], positions=positions,
+                           start=[len(r.prompt_tokens) for r in rows])
+    resid = next(iter(resid_post(model, ids, attention_mask=attention_mask, position_ids=pos,
+                                 hooks=hooks).values()))
     results = []
     for j, p in enumerate(packed):
         logp: dict[int, float] = {}
         if p["score_pos"]:
             sp = torch.tensor(p["score_pos"], device=dev)
-            lp = torch.log_softmax(final_logits(model, resid[j, sp]).float(), -1)
+            lp = log_probs(model, resid[j, sp])
             tok_lp = lp.gather(-1, torch.tensor(p["score_tok"], device=dev)[:, None])[:, 0].cpu().double()
             owner = torch.tensor(p["score_owner"])
             for _, variants in p["forks"]:
                 for v_i, _ in variants:
                     logp[v_i] = float(tok_lp[owner == v_i].sum())
         results.append(_fork_probes(p["forks"], logp))
-    del cache, resid
+    del resid
     return results
 
 
 def _probe_per_fork(model, vector, rows, plans, segs, positions, chunk: int) -> list[list[ForkProbe]]:
     """One right-padded sequence prompt + rollout[:t] + prefill + answer per (fork, variant), `chunk` per forward:
     the model builds its own masks (sliding windows, recurrent state), so this is exact for any causal model."""
-    final = hook_name(int(model.cfg.n_layers) - 1)
     dev = model.cfg.device
     units = []  # (row, variant id, ids, prompt length, scored positions, scored tokens)
     fork_lists = []
     for j, (r, plan) in enumerate(zip(rows, plans)):
-        P = len(r.prompt_ids)
+        P = len(r.prompt_tokens)
         fl, v_id = [], 0
         for t, prefill in plan:
             variants = []
             for is_true, both, k in segs.get(prefill):
                 ctx = P + t
-                units.append((j, v_id, r.prompt_ids + r.tokens[:t] + both, P,
+                units.append((j, v_id, r.prompt_tokens + r.tokens[:t] + both, P,
                               [ctx + i - 1 for i in range(k, len(both))], both[k:]))
                 variants.append((v_id, is_true))
                 v_id += 1
@@ -353,23 +344,21 @@ def _probe_per_fork(model, vector, rows, plans, segs, positions, chunk: int) -> 
     for a in range(0, len(units), max(1, chunk)):
         part = units[a: a + max(1, chunk)]
         ids, mask = pad_batch([u[2] for u in part], pad_id(model), side="right")
-        hooks = _steering_hooks(vector, [rows[u[0]].coeff for u in part], [u[3] for u in part], positions)
-        with model.hooks(fwd_hooks=hooks):
-            _, cache = model.run_with_cache(ids.to(dev), attention_mask=mask.to(dev),
-                                            position_ids=position_ids(mask).to(dev), names_filter=[final],
-                                            logits_to_keep=1)
-        resid = cache[final]
+        hooks = steering_hooks(vector, [rows[u[0]].coeff for u in part], positions=positions,
+                               start=[u[3] for u in part])
+        resid = next(iter(resid_post(model, ids, attention_mask=mask, position_ids=position_ids(mask),
+                                     hooks=hooks).values()))
         for i, (j, v_id, _, _, sp, st) in enumerate(part):
-            lp = torch.log_softmax(final_logits(model, resid[i, torch.tensor(sp, device=dev)]).float(), -1)
+            lp = log_probs(model, resid[i, torch.tensor(sp, device=dev)])
             logp[j][v_id] = float(lp.gather(-1, torch.tensor(st, device=dev)[:, None]).double().sum())
-        del cache, resid
+        del resid
     return [_fork_probes(fl, lp) for fl, lp in zip(fork_lists, logp)]
 
 
 def _pack(r: Rollout, forks: list[tuple[int, str]], segs: _Segments) -> dict:
     """One packed row: rollout ids, then one segment per (fork, variant), with its attention pattern."""
-    prefix = r.prompt_ids + r.tokens
-    P = len(r.prompt_ids)
+    prefix = r.prompt_tokens + r.tokens
+    P = len(r.prompt_tokens)
     N = len(prefix)
     ids = list(prefix)
     pos = list(range(N))
@@ -417,12 +406,12 @@ def probe_reference(model, vector: SteeringVector | None, r: Rollout, t: int, sp
         for v in variants:
             both = encode(model, prefill + v, bos=False)
             k = _lcp(pre, both)
-            seq = torch.tensor([r.prompt_ids + r.tokens[:t] + both], device=model.cfg.device)
-            hooks = Steering(vector, r.coeff).fwd_hooks() if vector is not None else []
+            seq = torch.tensor([r.prompt_tokens + r.tokens[:t] + both], device=model.cfg.device)
+            hooks = steering_hooks(vector, r.coeff)
             with model.hooks(fwd_hooks=hooks):
                 logits = model(seq)[0].float()
             lp = torch.log_softmax(logits, -1)
-            start = len(r.prompt_ids) + t
+            start = len(r.prompt_tokens) + t
             total = sum(float(lp[start + i - 1, both[i]]) for i in range(k, len(both)))
             prob = float(torch.tensor(total, dtype=torch.float64).exp())
             if is_true:

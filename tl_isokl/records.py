@@ -1,4 +1,5 @@
-"""Plain records shared by rollouts, the sweep and the analysis: what one steered trace *is*.
+"""The record family of one steered trace: a `Rollout` (what the decode loop wrote), its `ForkProbe`s, the
+`Trajectory` a sweep stores (the rollout's tokens with per-token KL and probes at an alpha), and its `Fate`.
 
 Kept free of torch so that analysis code and notebooks can load a run directory with nothing but the stdlib.
 """
@@ -6,6 +7,25 @@ Kept free of torch so that analysis code and notebooks can load a run directory 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class Rollout:
+    """One greedy rollout, as the decode loop returns it: prompt token ids, generated ids (EOS included when hit),
+    dose. `prompt_id` is the prompt's name in its set (a string); `prompt_tokens` its token ids."""
+
+    prompt_id: str
+    prompt: str
+    coeff: float
+    prompt_tokens: list[int]
+    tokens: list[int]
+    eos: bool
+    window: int
+    text: str = ""
+
+    @property
+    def length(self) -> int:
+        return len(self.tokens)
 
 
 @dataclass
@@ -55,6 +75,16 @@ class Trajectory:
     @property
     def length(self) -> int:
         return len(self.tokens)
+
+    @classmethod
+    def from_rollout(cls, r: Rollout, *, alpha: float, kl, forks: list[ForkProbe], coeff: float | None = None
+                     ) -> "Trajectory":
+        """The stored record of a rollout measured at `alpha` (prompt token ids are re-derivable, not stored).
+        `coeff`: the exact dose alpha x c* (the rollout's own went through a float32 tensor)."""
+        return cls(prompt_id=r.prompt_id, prompt=r.prompt, alpha=float(alpha),
+                   coeff=float(r.coeff if coeff is None else coeff),
+                   tokens=list(r.tokens), text=r.text, kl=[float(x) for x in kl], eos=r.eos, window=r.window,
+                   forks=list(forks))
 
     def to_dict(self, threshold: float | None = None) -> dict:
         """The stored record; with `threshold`, also its `fate` at that threshold (a derived copy for readers

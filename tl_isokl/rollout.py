@@ -9,33 +9,15 @@ position ids, so a row's rollout in a batch is token-identical to its rollout al
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 
 from tl_isokl.errors import IsoKLError
+from tl_isokl.records import Rollout
 from tl_isokl.steer import Steering
 from tl_isokl.tokens import decode, encode, eos_ids, pad_batch, pad_id, position_ids
 from tl_isokl.vector import SteeringVector
-
-
-@dataclass
-class Rollout:
-    """One greedy rollout: prompt ids, generated ids (EOS included when hit), dose."""
-
-    prompt_id: str
-    prompt: str
-    coeff: float
-    prompt_ids: list[int]
-    tokens: list[int]
-    eos: bool
-    window: int
-    text: str = ""
-
-    @property
-    def length(self) -> int:
-        return len(self.tokens)
 
 
 def check_window(model, prompt_lens: Sequence[int], window: int) -> None:
@@ -95,7 +77,7 @@ def rollout(
         rows = order[b0: b0 + batch_size]
         gen = _decode_batch(model, vector, [ids_list[i] for i in rows], coeffs[rows], window, positions)
         for i, (toks, hit) in zip(rows, gen):
-            out[i] = Rollout(prompt_id=pids[i], prompt=prompts[i], coeff=float(coeffs[i]), prompt_ids=ids_list[i],
+            out[i] = Rollout(prompt_id=pids[i], prompt=prompts[i], coeff=float(coeffs[i]), prompt_tokens=ids_list[i],
                              tokens=toks, eos=hit, window=int(window), text=decode(model, toks))
         if progress is not None:
             progress(len(rows))

@@ -139,13 +139,22 @@ class Steering:
         return [(self.vector.hook_name, self.hook)]
 
 
+def steering_hooks(vector: SteeringVector | None, coeffs, *, positions: str = "all", start=0) -> list:
+    """`fwd_hooks` for one teacher-forced forward from token 0: per-row doses and starts (lists, tensors or
+    scalars); [] without a vector. What every measurement hands to `forward.resid_post`."""
+    if vector is None:
+        return []
+    return Steering(vector, torch.as_tensor(coeffs, dtype=torch.float32), positions=positions,
+                    start=torch.as_tensor(start, dtype=torch.long)).reset(0).fwd_hooks()
+
+
 @contextmanager
 def steer(model, vector: SteeringVector, coeff: float | torch.Tensor = 1.0, *, positions: str = "all",
-          start: int = 0):
+          start: int | torch.Tensor = 0):
     """Context manager: `with steer(model, vec, 4.0) as s: model.generate(...)`; yields the `Steering`.
 
-    Checks the hook exists first: TransformerBridge.hooks() silently skips unknown names, which would give an
-    unsteered run.
+    `coeff` and `start` may be one value or one per batch row (a list or tensor). Checks the hook exists first:
+    TransformerBridge.hooks() silently skips unknown names, which would give an unsteered run.
     """
     vector.check_model(model)
     s = Steering(vector, coeff, positions=positions, start=start)

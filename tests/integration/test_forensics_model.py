@@ -83,7 +83,7 @@ def test_logprobs_entropy_cosine_match_an_independent_forward(model, vec, steere
     t = steered.traj
     ids, lp, resid = independent_forward(model, vec, t, t.coeff)
     P = len(ids) - t.length
-    assert ids[:P] == steered.prompt_ids
+    assert ids[:P] == steered.prompt_tokens
     pos = torch.arange(P - 1, P - 1 + t.length)
     tok = torch.tensor(t.tokens)
     np.testing.assert_allclose(steered.scores["logp_steered"], lp[pos, tok].numpy(), atol=1e-5)

@@ -6,7 +6,8 @@ import torch
 
 from tl_isokl.errors import IsoKLError
 from tl_isokl.probe import PREFILL, ProbeSpec, default_forks, fork_points, probe, probe_forks, probe_reference
-from tl_isokl.rollout import Rollout, grid, rollout
+from tl_isokl.records import Rollout
+from tl_isokl.rollout import grid, rollout
 
 
 
@@ -26,10 +27,10 @@ def manual_pmass(model, vec, r, t):
     for ans in ("true", "false"):
         both = tok(PREFILL + ans, add_special_tokens=False)["input_ids"]
         k = next(i for i in range(len(both)) if i >= len(pre) or pre[i] != both[i])
-        ids = r.prompt_ids + r.tokens[:t] + both
+        ids = r.prompt_tokens + r.tokens[:t] + both
         with torch.no_grad(), steer(model, vec, r.coeff):
             lp = torch.log_softmax(model(torch.tensor([ids]))[0].double(), -1)
-        start = len(r.prompt_ids) + t
+        start = len(r.prompt_tokens) + t
         probs[ans] = float(torch.exp(sum(lp[start + i - 1, both[i]] for i in range(k, len(both)))))
     return probs["true"] + probs["false"], probs["true"]
 
@@ -68,7 +69,7 @@ def test_think_state_rule(model, splits):
     ids = model.tokenizer(' So.</think>{"value": true}', add_special_tokens=False)["input_ids"]
     from tl_isokl.tokens import encode
 
-    r = Rollout(prompt_id="x", prompt=q.prompt, coeff=0.0, prompt_ids=encode(model, q.prompt), tokens=ids,
+    r = Rollout(prompt_id="x", prompt=q.prompt, coeff=0.0, prompt_tokens=encode(model, q.prompt), tokens=ids,
                 eos=False, window=len(ids))
     skipped = probe(model, None, [r], forks=[[0, len(ids)]])[0]
     assert [f.t for f in skipped] == [0]  # the fork after </think> is skipped by default

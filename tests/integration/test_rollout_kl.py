@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from tl_isokl import kl as kl_mod
+from tl_isokl import forward as forward_mod
 from tl_isokl.errors import IsoKLError
 from tl_isokl.kl import per_token_kl
 from tl_isokl.rollout import grid, rollout
@@ -36,10 +36,10 @@ def test_rollout_is_greedy_under_a_full_forward(model, vec, rolls):
     from tl_isokl.steer import steer
 
     r = rolls[-1]
-    ids = torch.tensor([r.prompt_ids + r.tokens])
+    ids = torch.tensor([r.prompt_tokens + r.tokens])
     with torch.no_grad(), steer(model, vec, r.coeff):
         logits = model(ids)[0]
-    P = len(r.prompt_ids)
+    P = len(r.prompt_tokens)
     assert logits[P - 1: P - 1 + len(r.tokens)].argmax(-1).tolist() == r.tokens
 
 
@@ -60,10 +60,10 @@ def brute_force_kl(model, vec, r):
     from tl_isokl.steer import steer
 
     out = []
-    P = len(r.prompt_ids)
+    P = len(r.prompt_tokens)
     with torch.no_grad():
         for i in range(len(r.tokens)):
-            x = torch.tensor([r.prompt_ids + r.tokens[:i]])
+            x = torch.tensor([r.prompt_tokens + r.tokens[:i]])
             base = torch.log_softmax(model(x)[0, -1].double(), -1)
             with steer(model, vec, r.coeff):
                 st = torch.log_softmax(model(x)[0, -1].double(), -1)
@@ -91,7 +91,7 @@ def test_kl_is_exactly_zero_at_coefficient_zero(model, vec, rolls):
 
 def test_kl_does_not_depend_on_chunk_or_batch_size(model, vec, rolls, monkeypatch):
     ref = per_token_kl(model, vec, rolls, batch_size=12)
-    monkeypatch.setattr(kl_mod, "CHUNK_ELEMENTS", 3 * int(model.cfg.d_vocab))  # 3 positions per chunk
+    monkeypatch.setattr(forward_mod, "CHUNK_ELEMENTS", 3 * int(model.cfg.d_vocab))  # 3 positions per chunk
     small = per_token_kl(model, vec, rolls, batch_size=2)
     for a, b in zip(ref, small):
         # different batches pad to different lengths: fp32 reassociation only, ~1e-6 relative

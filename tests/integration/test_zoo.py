@@ -99,9 +99,9 @@ def hf_pmass(hf, spec: ProbeSpec, r, t: int, coeff: float, v, start: int = 0) ->
         for ans in variants:
             both = tok(spec.prefill + ans, add_special_tokens=False)["input_ids"]
             k = next(i for i in range(len(both)) if i >= len(pre) or pre[i] != both[i])
-            ids = r.prompt_ids + r.tokens[:t] + both
+            ids = r.prompt_tokens + r.tokens[:t] + both
             lp = torch.log_softmax(hf_logits(hf, ids, coeff, v, start).double(), -1)
-            at = len(r.prompt_ids) + t
+            at = len(r.prompt_tokens) + t
             prob = float(torch.exp(sum(lp[at + i - 1, both[i]] for i in range(k, len(both)))))
             p_true, p_false = (p_true + prob, p_false) if is_true else (p_true, p_false + prob)
     return p_true + p_false, p_true
@@ -132,7 +132,7 @@ def close(a: float, b: float, tol: float = 1e-4) -> bool:
 def test_distributions_are_peaked(zoo):
     """Guards the zoo itself: greedy argmax far from ties, so token-equality checks cannot flake."""
     r = zoo.rolls[0]
-    lp = hf_logits(zoo.hf, r.prompt_ids + r.tokens).softmax(-1)
+    lp = hf_logits(zoo.hf, r.prompt_tokens + r.tokens).softmax(-1)
     assert float(lp.max(-1).values.mean()) > 0.3
 
 
@@ -140,11 +140,11 @@ def test_head_equals_model_logits(zoo):
     assert head_error(zoo.model) < 1e-6
     with torch.no_grad():
         r = zoo.rolls[-1]
-        ids = torch.tensor([r.prompt_ids + r.tokens])
+        ids = torch.tensor([r.prompt_tokens + r.tokens])
         name = f"blocks.{int(zoo.model.cfg.n_layers) - 1}.hook_resid_post"
         _, cache = zoo.model.run_with_cache(ids, names_filter=[name])
         mine = final_logits(zoo.model, cache[name])[0].float()
-    ref = hf_logits(zoo.hf, r.prompt_ids + r.tokens)
+    ref = hf_logits(zoo.hf, r.prompt_tokens + r.tokens)
     assert float((mine - ref).abs().max()) < 1e-4 * (1 + float(ref.abs().max()))
 
 
@@ -162,9 +162,9 @@ def test_rollout_is_the_full_forward_argmax_at_every_step(zoo):
     """Unsteered and steered rows (left-padded together in one batch) against uncached HF forwards."""
     assert max(r.length for r in zoo.rolls) == WINDOW
     for r in zoo.rolls:
-        ids = r.prompt_ids + r.tokens
+        ids = r.prompt_tokens + r.tokens
         logits = hf_logits(zoo.hf, ids, r.coeff, zoo.vec.direction)
-        P = len(r.prompt_ids)
+        P = len(r.prompt_tokens)
         assert logits[P - 1: P - 1 + r.length].argmax(-1).tolist() == r.tokens, (zoo.family, r.coeff)
 
 
@@ -202,7 +202,7 @@ def test_per_token_kl_equals_hf_logits(zoo, positions):
         if r.coeff == 0:
             assert np.all(k == 0.0)
             continue
-        ids, P, n = r.prompt_ids + r.tokens, len(r.prompt_ids), r.length
+        ids, P, n = r.prompt_tokens + r.tokens, len(r.prompt_tokens), r.length
         start = P if positions == "generated" else 0
         ls = torch.log_softmax(hf_logits(zoo.hf, ids, r.coeff, zoo.vec.direction, start).double(), -1)
         lb = torch.log_softmax(hf_logits(zoo.hf, ids).double(), -1)
@@ -236,7 +236,7 @@ def test_probe_positions_generated_equals_hf_hook(zoo):
     spec = SHORT
     r = zoo.rolls[-1]
     res = probe(zoo.model, zoo.vec, [r], spec=spec, schedule=SCHEDULE, positions="generated")[0]
-    P = len(r.prompt_ids)
+    P = len(r.prompt_tokens)
     differs = False
     for f in res:
         pm, pt = hf_pmass(zoo.hf, spec, r, f.t, r.coeff, zoo.vec.direction, start=P)
@@ -253,7 +253,7 @@ def test_per_fork_fallback_equals_reference(zoo, monkeypatch):
     r = zoo.rolls[-1]
     for positions in ("all", "generated"):
         res = probe(zoo.model, zoo.vec, [r], spec=SHORT, schedule=SCHEDULE, positions=positions, batch_size=3)[0]
-        P = len(r.prompt_ids)
+        P = len(r.prompt_tokens)
         for f in res:
             pm, pt = hf_pmass(zoo.hf, SHORT, r, f.t, r.coeff, zoo.vec.direction,
                               start=P if positions == "generated" else 0)
@@ -279,7 +279,7 @@ def test_window_matters_to_the_packed_probe(zoo, monkeypatch):
 def test_every_method_is_the_identity_at_zero(zoo, method, gate):
     vec = SteeringVector(direction=zoo.vec.direction, layer=LAYER, method=method, gate=gate)
     r = zoo.rolls[-1]
-    ids = torch.tensor([r.prompt_ids + r.tokens])
+    ids = torch.tensor([r.prompt_tokens + r.tokens])
     with torch.no_grad():
         base = zoo.model(ids)
         with zoo.model.hooks(fwd_hooks=Steering(vec, 0.0).fwd_hooks()):
