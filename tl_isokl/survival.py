@@ -15,7 +15,8 @@ first), the usual product-limit convention::
 The estimate and its pointwise confidence band come from `scipy.stats.ecdf` on `scipy.stats.CensoredData`
 (Greenwood variance; "log-log" band by default because it stays inside [0, 1], "linear" on request), and the
 two-group test from `scipy.stats.logrank` (two-sided). Nothing here reads files or draws: notebooks call it on a
-loaded `Run` or on a plain list of trajectories.
+loaded `Run` or on a plain list of trajectories. Series transforms for figures (normalised KL, smoothing) live in
+`tl_isokl.figures.series`.
 """
 
 from __future__ import annotations
@@ -123,15 +124,6 @@ class SurvivalCurve:
             hit = np.flatnonzero(band <= 0.5)  # NaN compares False: undefined band never "reaches" 0.5
             out.append(int(self.times[hit[0]]) if hit.size else None)
         return out[0], out[1]
-
-    def event_table(self) -> list[dict[str, Any]]:
-        """lifelines-style rows: time, at_risk, observed (deaths), survival, ci_low, ci_high."""
-        return [
-            {"time": int(t), "at_risk": int(r), "observed": int(d), "survival": float(s), "ci_low": float(lo),
-             "ci_high": float(hi)}
-            for t, r, d, s, lo, hi in zip(self.times, self.at_risk, self.deaths, self.survival, self.ci_low,
-                                          self.ci_high)
-        ]
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -309,63 +301,3 @@ def kl_summary(source: Any) -> list[KLSummary]:
         s = summarize(pool(t.kl for t in ts), ("mean", "p50", "p95", "max"))
         out.append(KLSummary(a, len(ts), s["n"], s["mean"], s["p50"], s["p95"], s["max"]))
     return out
-
-
-def normalised_kl(traj_kl: Sequence[float] | np.ndarray, n_early: int = 20, q: float = 0.95,
-                  floor: float = 1e-8) -> np.ndarray | None:
-    """The seed's normalised view: per-token KL divided by the trajectory's own q-quantile over its first
-    `n_early` tokens, so y = 1 is "this trace's own early-rollout scale".
-
-    The normaliser is always taken from the RAW KL: smoothing first (as the prototype did with a 301-token rolling
-    mean) would make "first 20 tokens" mean "first ~170". Smooth the returned series afterwards if at all.
-
-    Returns:
-        The normalised series (NaN stays NaN), or None when there is no usable normaliser: it is non-finite or
-        <= `floor` nats (numerically zero). That is always the case at alpha = 0, where steered == base and the KL
-        is exactly 0 -- 0/0 has no meaning, so callers must show those traces some other way, not drop them.
-    """
-    kl = np.asarray(traj_kl, dtype=float)
-    early = kl[: max(int(n_early), 0)]
-    early = early[np.isfinite(early)]
-    if early.size == 0:
-        return None
-    denom = float(np.quantile(early, q))
-    if not math.isfinite(denom) or denom <= floor:
-        return None
-    return kl / denom
-
-
-# --------------------------------------------------------------------------------------------------- display series
-
-
-def rolling_mean(x: Sequence[float] | np.ndarray, width: int) -> np.ndarray:
-    """Centred rolling mean for display (width 1 = unchanged). Near the ends the window shrinks to what exists,
-    so the series keeps its length and is never padded with invented values; NaN entries are ignored."""
-    x = np.asarray(x, dtype=float)
-    width = int(width)
-    if width <= 1 or x.size == 0:
-        return x.copy()
-    ok = np.isfinite(x)
-    v = np.concatenate([[0.0], np.cumsum(np.where(ok, x, 0.0))])
-    c = np.concatenate([[0], np.cumsum(ok)])
-    i = np.arange(x.size)
-    lo = np.clip(i - width // 2, 0, x.size)
-    hi = np.clip(i + (width - 1) // 2 + 1, 0, x.size)
-    n = c[hi] - c[lo]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(n > 0, (v[hi] - v[lo]) / np.maximum(n, 1), np.nan)
-
-
-def running_median(series: Sequence[Sequence[float] | np.ndarray]) -> np.ndarray:
-    """Median across series at each index, over the series still running there (a series of length L counts for
-    indices < L only; alive and dead alike, so later indices carry survivorship by EOS). NaN where none runs."""
-    series = [np.asarray(s, dtype=float) for s in series]
-    if not series:
-        return np.empty(0)
-    T = max(s.size for s in series)
-    m = np.full((len(series), T), np.nan)
-    for i, s in enumerate(series):
-        m[i, : s.size] = s
-    with warnings.catch_warnings():  # all-NaN columns -> NaN, silently
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmedian(m, axis=0)

@@ -5,7 +5,7 @@ import pytest
 from helpers_runs import make_run, traj
 
 from tl_isokl.rundir import load_run
-from tl_isokl.survival import normalised_kl, rolling_mean
+from tl_isokl.figures.series import normalised_kl, rolling_mean
 
 
 def spiky(n=200, seed=0):

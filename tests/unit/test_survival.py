@@ -14,10 +14,9 @@ from tl_isokl.survival import (
     kl_summary,
     km_curves,
     logrank,
-    rolling_mean,
-    running_median,
     survival_table,
 )
+from tl_isokl.figures.series import rolling_mean, running_median
 
 Z95 = stats.norm.ppf(0.975)
 

@@ -14,9 +14,8 @@ import numpy as np
 
 from tl_isokl.errors import IsoKLError
 from tl_isokl.records import fate
-from tl_isokl.survival import (
-    group_by_alpha, km_curves, normalised_kl, resolve_threshold, rolling_mean, run_window, running_median,
-)
+from tl_isokl.figures.series import normalised_kl, rolling_mean, running_median
+from tl_isokl.survival import group_by_alpha, km_curves, resolve_threshold, run_window
 
 ALIVE, DEAD = "#3a7ca5", "#d97706"  # steel blue / amber: distinct for the common colour-vision deficiencies
 MODES = ("raw", "normalised")
@@ -44,7 +43,7 @@ def spaghetti(run: Any, *, mode: str = "raw", threshold: float | None = None, ro
     Blue up to the death fork, amber from it on (death = first fork with pmass below the threshold, absorbing),
     an amber x at the death fork, a black tick at an EOS end, a black median over the traces still running at
     each token, and a dashed reference: the calibration target in nats (raw) or 1 = each trace's own early p95
-    (normalised; see `survival.normalised_kl`). Panels share both axes; y is symlog.
+    (normalised; see `figures.series.normalised_kl`). Panels share both axes; y is symlog.
 
     Args:
         run: a loaded `Run`.

@@ -1,4 +1,4 @@
-"""`tl_isokl.forensics.label_death` on constructed traces: one per label, the precedence, the window rules, and
+"""`tl_isokl.labels.label_death` on constructed traces: one per label, the precedence, the window rules, and
 the repeat finders on hand-worked token lists. No model."""
 
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 
 from tl_isokl.errors import IsoKLError
-from tl_isokl.forensics import _count_repeat, _tandem_repeat, label_death, last_alive_fork
+from tl_isokl.labels import _count_repeat, _tandem_repeat, label_death, last_alive_fork
 from tl_isokl.records import ForkProbe, Trajectory
 
 THR = 0.5
