@@ -41,7 +41,7 @@ zoo (tests/integration/test_zoo.py).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 import torch
 
@@ -274,6 +274,36 @@ def _fork_probes(fork_list, logp: dict[int, float]) -> list[ForkProbe]:
                 p_false += prob
         out.append(ForkProbe(t=int(t), pmass=p_true + p_false, p_true=p_true))
     return out
+
+
+class Probe(Protocol):
+    """What a sweep asks of every rollout at its forks. `measure` returns one list of `ForkProbe` per rollout:
+    `pmass` is the probe's score in [0, 1] (for the default, P(true) + P(false)) and `ForkProbe.alive(threshold)`
+    is the only place alive/dead is decided. `to_dict` identifies the probe in manifests and run identities.
+
+    A new probe is a class with these two methods, handed to `sweep(..., probe=MyProbe())`.
+    """
+
+    def measure(self, model, vector: SteeringVector | None, rollouts: Sequence[Rollout], *, positions: str = "all",
+                batch_size: int = 8, progress: Callable[[int], None] | None = None) -> list[list[ForkProbe]]: ...
+
+    def to_dict(self) -> dict: ...
+
+
+@dataclass(frozen=True)
+class AnswerProbe:
+    """The default probe: splice `spec.prefill` at each fork of `schedule` and read the mass on the answers."""
+
+    spec: ProbeSpec = ProbeSpec()
+    schedule: str | int = "log2"
+
+    def measure(self, model, vector, rollouts, *, positions: str = "all", batch_size: int = 8,
+                progress: Callable[[int], None] | None = None) -> list[list[ForkProbe]]:
+        return probe(model, vector, rollouts, spec=self.spec, schedule=self.schedule, batch_size=batch_size,
+                     positions=positions, progress=progress)
+
+    def to_dict(self) -> dict:
+        return {"kind": "answer", **self.spec.to_dict(), "schedule": self.schedule}
 
 
 def _probe_packed(model, vector, rows, plans, segs, positions, layout: AttentionLayout) -> list[list[ForkProbe]]:
