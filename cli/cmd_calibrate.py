@@ -6,8 +6,9 @@ from pathlib import Path
 
 import click
 
-from tl_isokl_cli.common import (Progress, get_prompts, get_vector, load, model_options, positions_option, slug,
-                                 vector_options)
+from tl_isokl_cli.common import (Progress, allow_other_model_option, check_out, default_out, early_vector,
+                                 file_sha, fresh_option, get_prompts, get_vector, load, model_options, model_spec,
+                                 positions_option, vector_options)
 from tl_isokl_cli.main import friendly_errors
 
 
@@ -15,10 +16,30 @@ def round_printer(stat: str, target: float, tol: float):
     def on_round(rnd, pts):
         for p in sorted(pts, key=lambda p: p.coeff):
             s = p.stats
-            flag = " <-" if abs(p.value - target) <= tol else ""
+            flag = " <-" if abs(p.value - target) <= tol * target else ""  # tol is relative to the target
             cols = " ".join(f"{k}={s[k]:<8.3g}" for k in ("mean", "p50", "p95", "max") if k != stat)
             click.echo(f"  round {rnd}  c={p.coeff:<10.5g} {stat}={p.value:<9.4g} {cols} n={s['n']}{flag}")
     return on_round
+
+
+def check_bounds(c_min: float, c_max: float) -> None:
+    if not c_min < c_max:
+        raise click.BadParameter(f"--c-min {c_min:g} must be below --c-max {c_max:g}", param_hint="--c-min")
+
+
+def calibration_options(fn):
+    """--target-kl, --stat, --tol, --c-min, --c-max: shared by `calibrate` and `sweep` (which calibrates)."""
+    fn = click.option("--c-max", type=click.FloatRange(min=0, min_open=True), default=1e4, show_default=True,
+                      help="Largest dose the calibration may try.")(fn)
+    fn = click.option("--c-min", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True,
+                      help="Smallest dose the calibration may try.")(fn)
+    fn = click.option("--tol", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05,
+                      show_default=True, help="Relative tolerance: accept |stat - target| <= tol x target.")(fn)
+    fn = click.option("--stat", default="p95", show_default=True,
+                      help="p<q> (any quantile), max or mean of pooled KL.")(fn)
+    fn = click.option("--target-kl", "target", type=click.FloatRange(min=0, min_open=True), default=1.0,
+                      show_default=True, help="Target value of the statistic, in nats.")(fn)
+    return fn
 
 
 def run_calibration(model, vec, ids, prompts, *, window, target, stat, tol, batch_size, c_min, c_max,
@@ -59,44 +80,77 @@ def run_calibration(model, vec, ids, prompts, *, window, target, stat, tol, batc
 @positions_option
 @click.option("--window", type=click.IntRange(min=1), default=256, show_default=True,
               help="Generated tokens per calibration rollout.")
-@click.option("--target-kl", "target", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
-              help="Target value of the statistic, in nats.")
-@click.option("--stat", default="p95", show_default=True, help="p<q> (any quantile), max or mean of pooled KL.")
-@click.option("--tol", type=click.FloatRange(min=0, min_open=True), default=0.05, show_default=True,
-              help="Accept |stat - target| <= tol (nats).")
+@calibration_options
 @click.option("--prompts", "prompts_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="Calibration prompts (.txt one per line, or .jsonl with a 'prompt' field).")
-@click.option("--c-min", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True)
-@click.option("--c-max", type=click.FloatRange(min=0, min_open=True), default=1e4, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Recorded; greedy rollouts do not sample.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Output folder (default runs/calibrate-<model>-<method>-L<layer>-w<window>).")
+              help="Output folder (default runs/calibrate-<model>-<method>-L<layer>-w<window>-<hash of every "
+                   "setting>).")
+@fresh_option
+@allow_other_model_option
 @friendly_errors
 def command(model_name, dtype, device, vector_path, method, layer, concept, gate, tau, positions, window, target,
-            stat, tol, prompts_path, c_min, c_max, batch_size, seed, out):
-    """Find the iso-KL dose c* of a steering vector and write calibration.json + manifest.json."""
+            stat, tol, c_max, c_min, prompts_path, batch_size, seed, out, fresh, allow_other_model):
+    """Find the iso-KL dose c* of a steering vector and write calibration.json + manifest.json.
+
+    Everything that needs no model is checked first (flags, the vector and prompt files, that --out is writable).
+    A folder already holding a calibration with other settings, or a sweep, is refused unless --fresh.
+    """
     from tl_isokl.calibrate import parse_stat
-    from tl_isokl.io import atomic_write_json, sha256_json
+    from tl_isokl.identity import FIX_RUN, calibration_identity, check_calibration, clear_run
+    from tl_isokl.io import atomic_write_json
     from tl_isokl.model import model_info
-    from tl_isokl.rundir import base_manifest
+    from tl_isokl.prompts import read_prompts
+    from tl_isokl.rundir import RunDir, base_manifest, merge_manifest
 
     parse_stat(stat)  # fail on a bad --stat before loading anything
+    check_bounds(c_min, c_max)
+    file_vec = early_vector(vector_path, method, layer, concept, gate, tau)
+    if prompts_path is not None:
+        read_prompts(prompts_path)  # a malformed prompt file fails now, not after the model loads
+    spec = model_spec(model_name)
+    if out is None:
+        request = {"model": spec, "dtype": dtype, "positions": positions, "window": window, "target": target,
+                   "stat": stat, "tol": tol, "c_min": c_min, "c_max": c_max, "prompts": file_sha(prompts_path),
+                   "vector": file_vec.sha256 if file_vec else {"method": method, "layer": layer, "concept": concept},
+                   "gate": gate, "tau": tau}
+        out = default_out("calibrate", spec, file_vec.method if file_vec else method,
+                          file_vec.layer if file_vec else layer, window, request)
+    check_out(out)
+    rd = RunDir(out)
+    old = rd.read_manifest() if rd.manifest_path.is_file() else None
+    old_cal = rd.read_calibration()
+    if not fresh and old is not None and old.get("command") != "calibrate":
+        raise click.ClickException(f"{out} holds a {old.get('command') or 'tl-isokl'} run; writing a calibration "
+                                   f"there would change the calibration its cells were made with; {FIX_RUN}")
     import torch
 
     torch.manual_seed(seed)
     model = load(model_name, dtype, device)
-    vec = get_vector(model, vector_path, method, layer, concept, gate, tau)
+    vec = get_vector(model, file_vec, method, layer, concept, gate, tau, allow_other_model=allow_other_model)
     ids, prompts = get_prompts(model, prompts_path, "calibration")
+    wanted = calibration_identity(model, vec, prompts, stat=stat, target=target, tol=tol, window=window,
+                                  positions=positions, c_min=c_min, c_max=c_max)
+    if fresh:
+        removed = clear_run(out)
+        old = None
+        if removed:
+            click.echo(f"--fresh: removed {len(removed)} tl-isokl file(s) from {out}")
+    elif old_cal is not None:
+        check_calibration(old_cal, wanted, source=str(rd.calibration_path), fix=FIX_RUN)
     info = model_info(model)
-    out = out or Path("runs") / f"calibrate-{slug(info['name'])}-{vec.method}-L{vec.layer}-w{window}"
     cal = run_calibration(model, vec, ids, prompts, window=window, target=target, stat=stat, tol=tol,
                           batch_size=batch_size, c_min=c_min, c_max=c_max, positions=positions)
     vec.save(out / "vector.safetensors")
     atomic_write_json(out / "calibration.json", cal)
-    atomic_write_json(out / "manifest.json", base_manifest(
-        "calibrate", model=info["name"], revision=info["revision"], dtype=info["dtype"], device=info.get("device"),
-        layer=vec.layer, method=vec.method, gate=vec.gate.to_dict() if vec.gate else None,
-        vector_sha256=vec.sha256, prompts_sha256=sha256_json(list(prompts)), n_prompts=len(prompts),
-        window=window, target=target, stat=stat, tol=tol, positions=positions, seed=seed))
+    rd.write_manifest(merge_manifest(old, base_manifest(
+        "calibrate", model=info["name"], model_path=info.get("path"), revision=info["revision"],
+        dtype=info["dtype"], device=info.get("device"), layer=vec.layer, method=vec.method,
+        gate=vec.gate.to_dict() if vec.gate else None, vector_sha256=vec.sha256,
+        prompts_sha256=wanted["prompts_sha256"], n_prompts=len(prompts), window=window, target=target, stat=stat,
+        tol=tol, c_min=c_min, c_max=c_max, positions=positions, seed=seed, identity=wanted,
+        calibration_converged=cal["converged"], vector_model=vec.meta.get("model"),
+        allow_other_model=bool(allow_other_model and vec.meta.get("model") not in (None, info["name"])))))
     click.echo(f"wrote {out / 'calibration.json'}")

@@ -54,6 +54,17 @@ def command(model_name, dtype, device, method, layer, pos_path, neg_path, concep
     from tl_isokl.vector import Gate
 
     g = Gate(gate, 0.0 if tau is None else tau) if gate else None  # before loading: a bad gate fails fast
+    if g is not None:
+        from tl_isokl.errors import IsoKLError
+        from tl_isokl.methods import check_gate
+
+        try:
+            check_gate(method, gate)  # e.g. sign with directional_ablation: it does not ablate
+        except IsoKLError as e:
+            raise click.BadParameter(str(e), param_hint="--gate") from None
+    from tl_isokl.io import check_writable_dir
+
+    check_writable_dir(out.parent, what=f"-o/--out {out}: folder")  # before the model loads
     if pos_path is not None:
         pos, neg = read_prompts(pos_path), read_prompts(neg_path)
         sources = {"pos_source": str(pos_path), "neg_source": str(neg_path)}

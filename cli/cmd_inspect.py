@@ -54,8 +54,10 @@ def _death_token(ins) -> str:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output folder (default RUN/inspect): index.html, one page per trace, deaths.json/csv.")
 @click.option("--device", default=None, help="cpu, cuda, ... (default: cuda if available).")
+@click.option("--model", "model_name", default=None, metavar="NAME_OR_PATH",
+              help="Load this model instead of the one recorded in RUN/manifest.json (e.g. the folder moved).")
 @friendly_errors
-def command(run_dir: Path, alpha, index, radius, threshold, out, device) -> None:
+def command(run_dir: Path, alpha, index, radius, threshold, out, device, model_name) -> None:
     """Recompute every dead trace of RUN (or the chosen one) around its death fork, label it (kl_spike,
     repetition_loop, format_fragile), and write offline HTML pages plus deaths.json / deaths.csv.
 
@@ -67,6 +69,9 @@ def command(run_dir: Path, alpha, index, radius, threshold, out, device) -> None
     thr = float(threshold) if threshold is not None else run.threshold
     chosen = _select(run, alpha, index, thr)
     out = out or run_dir / "inspect"
+    from tl_isokl.io import check_writable_dir
+
+    check_writable_dir(out, what="--out")  # before the model loads
     if not chosen:
         click.echo(f"no dead traces at threshold {thr:g}" + (f" and alpha {alpha:g}" if alpha is not None else ""))
         _write(out, run, thr, [], radius)
@@ -83,8 +88,20 @@ def command(run_dir: Path, alpha, index, radius, threshold, out, device) -> None
     if want and vec.sha256 != want:
         raise click.ClickException(f"{vpath} does not match the manifest's vector_sha256; the run directory was "
                                    f"modified after the sweep")
-    click.echo(f"loading model {run.manifest.get('model')} for {len(chosen)} dead trace(s)", err=True)
-    model = load_recorded_model(run.manifest, device=device)
+    if model_name is not None:
+        from tl_isokl.model import load_model
+
+        click.echo(f"loading model {model_name} (--model; the run recorded {run.manifest.get('model')}) for "
+                   f"{len(chosen)} dead trace(s)", err=True)
+        model = load_model(model_name, device=device, dtype=run.manifest.get("dtype") or "float32")
+    else:
+        click.echo(f"loading model {run.manifest.get('model')} for {len(chosen)} dead trace(s)", err=True)
+        from tl_isokl.errors import ModelLoadError
+
+        try:
+            model = load_recorded_model(run.manifest, device=device)
+        except ModelLoadError as e:
+            raise click.ClickException(f"{e}; or pass --model NAME_OR_PATH to load another copy of it") from None
     vec.check_model(model)
 
     from tl_isokl.forensics import inspect_trace

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import click
 
-from tl_isokl_cli.cmd_calibrate import run_calibration
-from tl_isokl_cli.common import (Progress, get_prompts, get_vector, load, model_options, positions_option, slug,
-                                 vector_options)
+from tl_isokl_cli.cmd_calibrate import calibration_options, check_bounds, run_calibration
+from tl_isokl_cli.common import (Progress, allow_other_model_option, check_out, default_out, early_vector, file_sha,
+                                 fresh_option, get_prompts, get_vector, given, load, model_options, model_spec,
+                                 positions_option, refuse_unused, vector_options)
 from tl_isokl_cli.main import friendly_errors
 
 
@@ -17,7 +18,8 @@ from tl_isokl_cli.main import friendly_errors
 @vector_options
 @positions_option
 @click.option("--calibration", "calibration_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=None, help="calibration.json from `tl-isokl calibrate` (default: calibrate first).")
+              default=None, help="calibration.json from `tl-isokl calibrate` (default: calibrate first). It must have "
+                                 "been made for this model, vector, gate and --positions.")
 @click.option("--window", type=click.IntRange(min=1), default=256, show_default=True,
               help="Generated tokens per held-out rollout (and per calibration rollout when calibrating here).")
 @click.option("--alphas", default="0,0.25,0.5,0.75,1,1.5,2,4", show_default=True,
@@ -31,27 +33,41 @@ from tl_isokl_cli.main import friendly_errors
 @click.option("--calibration-prompts", "cal_prompts_path",
               type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Calibration prompts when calibrating here (default: the model's calibration set).")
-@click.option("--target-kl", "target", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
-@click.option("--stat", default="p95", show_default=True)
+@calibration_options
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Recorded; greedy rollouts do not sample.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Run directory (default runs/sweep-<model>-<method>-L<layer>-w<window>); rerun to resume.")
+              help="Run directory (default runs/sweep-<model>-<method>-L<layer>-w<window>-<hash of every setting>); "
+                   "rerun the same command to resume.")
+@fresh_option
+@click.option("--allow-unconverged", is_flag=True,
+              help="Use a calibration with converged=false (the manifest and report say so).")
+@allow_other_model_option
 @click.option("--no-figures", is_flag=True, help="Skip drawing figures and report.md at the end.")
 @friendly_errors
 def command(model_name, dtype, device, vector_path, method, layer, concept, gate, tau, positions, calibration_path,
-            window,
-            alphas, threshold, schedule, prompts_path, cal_prompts_path, target, stat, batch_size, seed, out,
-            no_figures):
-    """Calibrate (unless --calibration is given), sweep alpha on held-out prompts, write the run directory."""
-    from tl_isokl.calibrate import parse_stat
-    from tl_isokl.io import read_json
-    from tl_isokl.model import model_info
-    from tl_isokl.probe import fork_points
-    from tl_isokl.sweep import format_summary, parse_alphas, summary_rows, sweep
+            window, alphas, threshold, schedule, prompts_path, cal_prompts_path, target, stat, tol, c_min, c_max,
+            batch_size, seed, out, fresh, allow_unconverged, allow_other_model, no_figures):
+    """Calibrate (unless --calibration is given), sweep alpha on held-out prompts, write the run directory.
 
+    Rerunning the same command resumes. A run directory (or --calibration file) made with other settings is
+    refused with one line naming each differing field; --fresh deletes the folder's tl-isokl files first.
+    Everything that needs no model (flags, files, a writable --out) is checked before the model loads.
+    """
+    from tl_isokl.calibrate import parse_stat
+    from tl_isokl.identity import (APPLIES, FIX_RUN, calibration_identity, check_calibration, check_converged,
+                                   clear_run, heldout_transfer, reuse_vector, transfer_message)
+    from tl_isokl.io import read_json, sha256_json
+    from tl_isokl.probe import fork_points
+    from tl_isokl.prompts import read_prompts
+    from tl_isokl.rundir import RunDir
+    from tl_isokl.sweep import format_summary, parse_alphas, summary_rows, sweep
+    from tl_isokl.vector import SteeringVector
+
+    # ---- everything that needs no model
     alpha_list = parse_alphas(alphas)
     parse_stat(stat)
+    check_bounds(c_min, c_max)
     if schedule != "log2":
         try:
             fork_points(1, int(schedule))
@@ -59,32 +75,99 @@ def command(model_name, dtype, device, vector_path, method, layer, concept, gate
             raise click.BadParameter(f"{schedule!r} is neither 'log2' nor a positive integer stride",
                                      param_hint="--forks") from None
         schedule = int(schedule)
+    file_vec = early_vector(vector_path, method, layer, concept, gate, tau)
+    early = {path: read_prompts(path) for path in (prompts_path, cal_prompts_path) if path is not None}  # fail now
+    if prompts_path is not None and cal_prompts_path is not None:
+        overlap = set(early[prompts_path]) & set(early[cal_prompts_path])
+        if overlap:
+            raise click.UsageError(f"{len(overlap)} prompt(s) of --prompts {prompts_path} are also in "
+                                   f"--calibration-prompts {cal_prompts_path}; held-out prompts must be disjoint "
+                                   f"from the calibration prompts")
+    ext_cal = None
+    if calibration_path is not None:
+        refuse_unused([f for f, n in (("--target-kl", "target"), ("--stat", "stat"), ("--tol", "tol"),
+                                      ("--c-min", "c_min"), ("--c-max", "c_max"),
+                                      ("--calibration-prompts", "cal_prompts_path")) if given(n)],
+                      f"with --calibration {calibration_path} (they only apply when the sweep calibrates)")
+        ext_cal = read_json(calibration_path, kind=dict)
+        if not isinstance(ext_cal.get("c_star"), (int, float)):
+            raise click.ClickException(f"{calibration_path} has no numeric c_star; it is not a calibration.json "
+                                       f"written by `tl-isokl calibrate`")
+        check_calibration(ext_cal, {}, source=str(calibration_path), fix="recalibrate with `tl-isokl calibrate`")
+        check_converged(ext_cal, allow=allow_unconverged, source=str(calibration_path))
+    spec = model_spec(model_name)
+    if out is None:
+        request = {"model": spec, "dtype": dtype, "positions": positions, "window": window,
+                   "vector": file_vec.sha256 if file_vec else {"method": method, "layer": layer, "concept": concept},
+                   "gate": gate, "tau": tau, "threshold": threshold, "forks": schedule,
+                   "heldout": file_sha(prompts_path),
+                   "calibration": (sha256_json({k: ext_cal.get(k) for k in ("identity", "c_star")}) if ext_cal
+                                   else {"target": target, "stat": stat, "tol": tol, "c_min": c_min,
+                                         "c_max": c_max, "prompts": file_sha(cal_prompts_path)})}
+        out = default_out("sweep", spec, Path(vector_path).stem if vector_path else method,
+                          file_vec.layer if file_vec else layer, window, request)
+    check_out(out)
+    rd = RunDir(out)
+    run_cal = stored_vec = None
+    if not fresh:
+        if rd.manifest_path.is_file():
+            rd.read_manifest()  # damaged: one line now, not after the model loads
+        run_cal = rd.read_calibration()
+        if run_cal is not None and ext_cal is None:  # written before identities existed: refuse now
+            check_calibration(run_cal, {}, source=str(rd.calibration_path), fix=FIX_RUN)
+        stored_vec = SteeringVector.load(rd.vector_path) if rd.vector_path.is_file() else None
+
+    # ---- the model
     import torch
 
     torch.manual_seed(seed)
     model = load(model_name, dtype, device)
-    info = model_info(model)
-    if out is None:
-        tag = method if vector_path is None else Path(vector_path).stem
-        out = Path("runs") / f"sweep-{slug(info['name'])}-{tag}-L{layer if layer is not None else 'mid'}-w{window}"
-    vec = get_vector(model, vector_path, method, layer, concept, gate, tau, reuse=out / "vector.safetensors")
-    if calibration_path is not None:
-        cal = read_json(calibration_path)
-    elif (out / "calibration.json").is_file():
-        cal = read_json(out / "calibration.json")
-        click.echo(f"resuming: using {out / 'calibration.json'} (c* = {cal['c_star']:.6g})")
+    vec = get_vector(model, file_vec, method, layer, concept, gate, tau, allow_other_model=allow_other_model)
+    if not fresh and stored_vec is not None:
+        vec = reuse_vector(stored_vec, vec, source=str(out), extracted=file_vec is None)
+    cids, cprompts = get_prompts(model, cal_prompts_path, "calibration")
+    wanted = calibration_identity(model, vec, cprompts, stat=stat, target=target, tol=tol, window=window,
+                                  positions=positions, c_min=c_min, c_max=c_max)
+    if ext_cal is not None:
+        check_calibration(ext_cal, wanted, source=str(calibration_path), fields=APPLIES,
+                          fix=_cal_fix(calibration_path, vector_path))
+        cal = ext_cal
+    elif run_cal is not None:
+        check_calibration(run_cal, wanted, source=str(rd.calibration_path), fix=FIX_RUN)
+        check_converged(run_cal, allow=allow_unconverged, source=str(rd.calibration_path))
+        cal = run_cal
+        click.echo(f"resuming: using {rd.calibration_path} (c* = {cal['c_star']:.6g})")
     else:
-        cids, cprompts = get_prompts(model, cal_prompts_path, "calibration")
-        cal = run_calibration(model, vec, cids, cprompts, window=window, target=target, stat=stat, tol=0.05,
-                              batch_size=batch_size, c_min=1e-4, c_max=1e4, positions=positions)
+        cal = None
+    if fresh:
+        removed = clear_run(out)
+        if removed:
+            click.echo(f"--fresh: removed {len(removed)} tl-isokl file(s) from {out}")
+    if cal is None:
+        cal = run_calibration(model, vec, cids, cprompts, window=window, target=target, stat=stat, tol=tol,
+                              batch_size=batch_size, c_min=c_min, c_max=c_max, positions=positions)
+        if cal["converged"] is False and not allow_unconverged:
+            from tl_isokl.io import atomic_write_json
+
+            vec.save(rd.vector_path)  # keep the work: a rerun with --allow-unconverged uses it
+            atomic_write_json(rd.calibration_path, cal)
+            check_converged(cal, allow=False, source=f"the calibration (kept in {rd.calibration_path})")
     ids, prompts = get_prompts(model, prompts_path, "heldout")
     click.echo(f"sweeping {len(alpha_list)} alphas x {len(prompts)} held-out prompts, window {window} -> {out}")
     prog = Progress()
     run = sweep(model, vec, cal, prompts, out, prompt_ids=ids, alphas=alpha_list, window=window,
                 threshold=threshold, schedule=schedule, positions=positions, batch_size=batch_size, seed=seed,
-                progress=prog)
+                progress=prog, allow_unconverged=allow_unconverged, allow_other_model=allow_other_model,
+                manifest_extra={"calibration_source": str(Path(calibration_path).resolve()) if calibration_path
+                                else "calibrated in this run directory"})
     prog.close()
     click.echo(format_summary(summary_rows(run)))
+    if cal.get("converged") is False:
+        click.echo("Warning: the calibration did not converge; used because of --allow-unconverged (recorded in "
+                   "the manifest and the report)", err=True)
+    check = heldout_transfer(run)
+    if check is not None and check["off"]:
+        click.echo(f"Warning: {transfer_message(check)}", err=True)
     if not no_figures:
         from tl_isokl.report import draw_figures, write_report
 
@@ -92,3 +175,11 @@ def command(model_name, dtype, device, vector_path, method, layer, concept, gate
             click.echo(f"figure {p}")
         click.echo(f"report {write_report(out)}")
     click.echo(f"run directory: {out}")
+
+
+def _cal_fix(calibration_path: Path, vector_path) -> str:
+    """What to do when --calibration X was made for something else: the vector saved next to it, if any."""
+    sibling = Path(calibration_path).parent / "vector.safetensors"
+    if vector_path is None and sibling.is_file():
+        return f"pass the vector it was made with (--vector {sibling}), or drop --calibration to calibrate here"
+    return "pass a calibration made for this vector and model, or drop --calibration to calibrate here"

@@ -29,8 +29,8 @@ def positions_option(fn):
 
 def vector_options(fn):
     """--vector FILE, or --method/--layer/--concept to extract one on the fly; plus an optional gate."""
-    fn = click.option("--tau", type=click.FloatRange(-1.0, 1.0), default=0.0, show_default=True,
-                      help="Cosine threshold of the gate.")(fn)
+    fn = click.option("--tau", type=click.FloatRange(-1.0, 1.0), default=None,
+                      help="Cosine threshold of --gate (default 0); refused without --gate.")(fn)
     fn = click.option("--gate", type=click.Choice(["soft", "hard", "sign"]), default=None,
                       help="Wrap the method in a per-token cosine gate.")(fn)
     fn = click.option("--concept", default="cheerful/gloomy", show_default=True, metavar="POS/NEG",
@@ -41,33 +41,134 @@ def vector_options(fn):
     fn = click.option("--method", type=click.Choice(["mean_diff", "pca", "directional_ablation"]),
                       default="mean_diff", show_default=True, help="Extraction method when no --vector is given.")(fn)
     fn = click.option("--vector", "vector_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                      default=None, help="A vector file from `tl-isokl extract` (overrides --method/--layer).")(fn)
+                      default=None, help="A vector file from `tl-isokl extract` (then --method/--layer/--concept "
+                                         "are refused: the file fixes them).")(fn)
     return fn
 
 
-def load(model_name, dtype, device):
+def allow_other_model_option(fn):
+    return click.option("--allow-other-model", is_flag=True,
+                        help="Apply a vector whose metadata names another model than the loaded one.")(fn)
+
+
+def fresh_option(fn):
+    return click.option("--fresh", is_flag=True,
+                        help="Delete the tl-isokl files already in --out (manifest, calibration, vector, cells, "
+                             "tables, figures, report, inspect pages; nothing else) and start over.")(fn)
+
+
+def given(name: str) -> bool:
+    """Did the user pass this parameter (command line or environment), rather than click filling its default?"""
+    from click.core import ParameterSource
+
+    src = click.get_current_context().get_parameter_source(name)
+    return src is not None and src not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+
+
+def refuse_unused(flags: list[str], why: str) -> None:
+    """One usage error naming every flag that would have no effect."""
+    if flags:
+        raise click.UsageError(f"{', '.join(flags)} {'has' if len(flags) == 1 else 'have'} no effect {why}; "
+                               f"drop {'it' if len(flags) == 1 else 'them'}")
+
+
+def early_vector(vector_path, method, layer, concept, gate, tau):
+    """Flag checks and the --vector file, before any model loads; returns the loaded file's vector or None.
+
+    Refused: --tau without --gate; --method/--layer/--concept next to --vector (the file fixes them); a gate
+    that has no meaning with the method (sign with an ablation).
+    """
+    if tau is not None and gate is None:
+        raise click.UsageError(f"--tau {tau:g} has no effect without --gate; add --gate soft|hard|sign or drop --tau")
+    from tl_isokl.errors import IsoKLError
+    from tl_isokl.vector import Gate, SteeringVector
+
+    if vector_path is not None:
+        refuse_unused([f"--{n}" for n in ("method", "layer", "concept") if given(n)],
+                      f"with --vector {vector_path} (the file fixes the method, layer and direction)")
+        vec = SteeringVector.load(vector_path)
+        method = vec.method
+    else:
+        check_concept(concept)
+        vec = None
+    if gate is not None:
+        try:
+            g = Gate(gate, 0.0 if tau is None else tau)
+            vec = vec.with_gate(g) if vec is not None else vec
+            from tl_isokl.methods import check_gate
+
+            check_gate(method, gate)
+        except IsoKLError as e:
+            raise click.BadParameter(str(e), param_hint="--gate") from None
+    return vec
+
+
+def model_spec(model_name) -> str:
+    """The model as it will be recorded, known before loading: the embedded name, an absolute folder, or a hub
+    name (used for default --out names)."""
+    from tl_isokl.model import EMBEDDED_NAME
+
+    if model_name is None:
+        return EMBEDDED_NAME
+    p = Path(str(model_name)).expanduser()
+    return str(p.resolve()) if p.exists() else str(model_name)
+
+
+def default_out(kind: str, spec: str, tag: str, layer, window: int, request: dict) -> Path:
+    """runs/<kind>-<model>-<method>-L<layer>-w<window>-<hash>: the hash covers every setting that changes the
+    results (gate, tau, concept, positions, target, stat, tol, prompts, probe, ...), so two different
+    experiments never share a default folder, and rerunning the same command finds (and resumes) its own."""
+    from tl_isokl.io import sha256_json
+
+    return Path("runs") / (f"{kind}-{model_slug(spec)}-{slug(tag)}-L{'mid' if layer is None else layer}-w{window}-"
+                           f"{sha256_json(request)[:8]}")
+
+
+def file_sha(path) -> str | None:
+    """Hash of a file's bytes (for --out names and records), None for no file."""
+    if path is None:
+        return None
+    from tl_isokl.io import sha256_bytes
+
+    return sha256_bytes(Path(path).read_bytes())
+
+
+def check_out(out: Path, flag: str = "--out") -> Path:
+    """Fail before the model loads if `out` cannot be written (e.g. `--out /etc/passwd/sub`)."""
+    from tl_isokl.io import check_writable_dir
+
+    return check_writable_dir(out, what=flag)
+
+
+def load(model_name, dtype, device, revision=None):
     from tl_isokl.model import load_model
 
     click.echo(f"loading model {model_name or 'embedded test bed'} ({dtype})", err=True)
-    return load_model(model_name, dtype=dtype, device=device)
+    return load_model(model_name, dtype=dtype, device=device, revision=revision)
 
 
-def get_vector(model, vector_path, method, layer, concept, gate, tau, reuse: Path | None = None):
-    """The steering vector: a file, a vector saved in a run being resumed, or one extracted now."""
-    from tl_isokl.vector import Gate, SteeringVector
+def get_vector(model, file_vec, method, layer, concept, gate, tau, *, allow_other_model: bool = False):
+    """The steering vector: the --vector file (loaded by `early_vector`), or one extracted now from --concept.
 
-    g = Gate(gate, tau) if gate else None
-    if vector_path is not None:
-        vec = SteeringVector.load(vector_path)
-        if g is not None:
-            vec = vec.with_gate(g)
-    elif reuse is not None and reuse.is_file():
-        vec = SteeringVector.load(reuse)
+    A file's vector must fit the model (d_model, layer) and have been extracted on it (its metadata names the
+    model), unless --allow-other-model.
+    """
+    from tl_isokl.identity import check_vector_model
+    from tl_isokl.vector import Gate
+
+    if file_vec is not None:
+        vec = file_vec
+        check_vector_model(vec, model, allow=allow_other_model, source="the --vector file")
     else:
+        from dataclasses import replace
+
         from tl_isokl.extract import extract
 
         pos, neg = concept_sets(model, concept)
+        g = Gate(gate, 0.0 if tau is None else tau) if gate else None
         vec = extract(model, pos, neg, method=method, layer=layer, gate=g)
+        pos_name, neg_name = check_concept(concept)
+        vec = replace(vec, meta={**vec.meta, "pos_source": f"concept:{pos_name}", "neg_source": f"concept:{neg_name}"})
     vec.check_model(model)
     return vec
 
@@ -101,6 +202,11 @@ def get_prompts(model, path, kind):
     from tl_isokl.prompt_sets import default_prompts
 
     return default_prompts(model, kind)
+
+
+def model_slug(name: str) -> str:
+    """A model name in a folder name: a local folder by its last component, a hub name owner_name."""
+    return slug(Path(name).name if Path(name).is_absolute() else name)
 
 
 def slug(text: str) -> str:

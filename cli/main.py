@@ -22,7 +22,8 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 
 def friendly_errors(fn):
-    """Turn the library's IsoKLError into click's one-line `Error: ...` with exit code 1 (no traceback)."""
+    """Turn the library's IsoKLError (and OSError on a user's path) into click's one-line `Error: ...` with exit code 1
+    (no traceback)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -30,6 +31,9 @@ def friendly_errors(fn):
             return fn(*args, **kwargs)
         except IsoKLError as e:
             raise click.ClickException(str(e)) from None
+        except OSError as e:  # a file the user named cannot be read or written: their environment, not a bug
+            where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+            raise click.ClickException(f"{where}{e.strerror or e}") from None
 
     return wrapper
 

@@ -23,6 +23,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from tl_isokl.errors import CalibrationError, IsoKLError, IsoKLWarning
+from tl_isokl.identity import calibration_identity, warn_reflection
 from tl_isokl.kl import per_token_kl
 from tl_isokl.rollout import Rollout, grid, rollout
 from tl_isokl.vector import SteeringVector
@@ -83,6 +84,9 @@ class CalibrationResult:
     prompt_ids: list[str]
     rounds: int
     seconds: float
+    # what was calibrated (model, vector, gate, positions, stat, target, tol, window, prompts, c bounds); a sweep
+    # refuses a calibration whose identity does not match its own (tl_isokl.identity)
+    identity: dict = field(default_factory=dict)
 
     def spread(self) -> dict[str, float | int | None]:
         """min / median / max of the per-prompt doses, and how many prompts never crossed the target."""
@@ -102,7 +106,8 @@ class CalibrationResult:
         return {"c_star": self.c_star, "achieved": self.achieved, "target": self.target, "stat": self.stat,
                 "tol": self.tol, "converged": self.converged, "window": self.window, "rounds": self.rounds,
                 "seconds": self.seconds, "per_prompt_c_star": self.per_prompt_c_star,
-                "per_prompt_spread": self.spread(), "prompt_ids": self.prompt_ids, "history": hist}
+                "per_prompt_spread": self.spread(), "prompt_ids": self.prompt_ids, "identity": self.identity,
+                "history": hist}
 
 
 def _crossing(cs: Sequence[float], vs: Sequence[float], target: float) -> float | None:
@@ -158,8 +163,8 @@ def calibrate(
     stat_fn = parse_stat(stat)
     if not target > 0:
         raise IsoKLError(f"target KL must be > 0 nats, got {target}")
-    if not tol > 0:
-        raise IsoKLError(f"tol must be > 0, got {tol}")
+    if not 0 < tol < 1:  # relative: an absolute tolerance meant 57% error at a 0.01-nat target
+        raise IsoKLError(f"tol is relative to the target (0.05 = 5%) and must be in (0, 1), got {tol}")
     if not prompts:
         raise IsoKLError("no calibration prompts given")
     if candidates < 2:
@@ -193,7 +198,11 @@ def calibrate(
                                  c_init=c0, c_min=c_min, c_max=c_max, candidates=candidates, max_rounds=max_rounds,
                                  stat=stat)
     best_point = next(p for p in history if p.coeff == best)
-    return _result(best_point, converged, history, target, stat, tol, window, prompts, pids, rnd, t0)
+    res = _result(best_point, converged, history, target, stat, tol, window, prompts, pids, rnd, t0)
+    res.identity = calibration_identity(model, vector, prompts, stat=stat, target=target, tol=tol, window=window,
+                                        positions=positions, c_min=c_min, c_max=c_max)
+    warn_reflection(vector, res.c_star)  # an ablation dose > 1 reflects the component: say so, once
+    return res
 
 
 def solve(evaluate: Callable[[list[float], int], list[float]], *, target: float, tol: float, c_init: float = 1.0,

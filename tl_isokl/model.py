@@ -67,7 +67,8 @@ def resolve_model(name_or_path: str | os.PathLike | None, revision: str | None =
             raise ModelLoadError(
                 f"{spec!r} is not a model folder (no config.json); pass a Hugging Face model folder or a hub name"
             )
-        return spec, p, revision
+        # recorded resolved: a run made with `--model ./m` must be inspectable from another directory
+        return str(p.resolve()), p.resolve(), revision
     if spec.count("/") != 1 or spec.startswith((".", "/", "~")):
         raise ModelLoadError(f"model {spec!r}: no such folder, and not a hub name of the form owner/name")
     try:

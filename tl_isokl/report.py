@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from tl_isokl.identity import run_notes
 from tl_isokl.io import atomic_write_bytes, atomic_write_text
 from tl_isokl.rundir import RunDir, load_run
 from tl_isokl.survival import kl_summary, km_curves, run_window, survival_table
@@ -105,9 +106,13 @@ _MANIFEST_FIELDS: list[tuple[str, str]] = [
 
 def _manifest_rows(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     rows = [{"field": name, "value": manifest.get(key)} for name, key in _MANIFEST_FIELDS]
-    argv = manifest.get("argv")
-    if argv:
-        rows.append({"field": "command line", "value": "`" + " ".join(map(str, argv)) + "`"})
+    history = manifest.get("history")
+    if isinstance(history, list) and history:  # every command that wrote into the run, oldest first
+        for i, h in enumerate(history, 1):
+            argv = " ".join(map(str, h.get("argv") or []))
+            rows.append({"field": f"command {i}", "value": f"`{argv}` ({h.get('time') or '?'})"})
+    elif manifest.get("argv"):
+        rows.append({"field": "command line", "value": "`" + " ".join(map(str, manifest["argv"])) + "`"})
     return rows
 
 
@@ -115,7 +120,7 @@ def _calibration_rows(cal: dict[str, Any] | None) -> list[dict[str, Any]]:
     if not cal:
         return [{"field": "calibration", "value": "missing (no calibration.json)"}]
     names = [("c*", "c_star"), ("statistic", "stat"), ("target (nats)", "target"), ("achieved (nats)", "achieved"),
-             ("tolerance", "tol"), ("converged", "converged"), ("calibration window", "window"),
+             ("tolerance (relative)", "tol"), ("converged", "converged"), ("calibration window", "window"),
              ("rounds", "rounds"), ("per-prompt c* spread", "per_prompt_spread")]
     return [{"field": label, "value": cal.get(key)} for label, key in names if key in cal]
 
@@ -137,7 +142,9 @@ def write_report(run_dir: str | Path) -> Path:
         f"# tl-isokl report: `{Path(run.path).name}`\n",
         _section("Run", [markdown_table(_manifest_rows(run.manifest), ["field", "value"])]),
         _section("Calibration", [markdown_table(_calibration_rows(run.calibration), ["field", "value"]),
-                                 "alpha = 1 means c*: the coefficient whose per-token KL statistic meets the target."]),
+                                 "alpha = 1 means c*: the coefficient whose per-token KL statistic meets the target "
+                                 "(tolerance relative to the target)."]),
+        *([_section("Caveats", ["\n".join(f"- {n}" for n in notes)])] if (notes := run_notes(run)) else []),
         _section(f"Survival (threshold {run.threshold:g})", [
             markdown_table(rows),
             "Death = first fork with pmass < threshold (absorbing; NaN pmass counts as dead). A trace alive at "

@@ -15,14 +15,15 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from tl_isokl.errors import IsoKLError, RunDirError
+from tl_isokl.errors import IsoKLError
 from tl_isokl.io import atomic_write_json, atomic_write_text, sha256_json
 from tl_isokl.kl import per_token_kl
 from tl_isokl.model import model_info
 from tl_isokl.probe import ProbeSpec, probe
 from tl_isokl.records import Trajectory, fate
 from tl_isokl.rollout import grid, rollout
-from tl_isokl.rundir import Run, RunDir, alpha_key, base_manifest
+from tl_isokl.identity import check_run, check_sweep_inputs, clear_run, run_identity
+from tl_isokl.rundir import Run, RunDir, alpha_key, base_manifest, merge_manifest
 from tl_isokl.vector import SteeringVector
 
 DEFAULT_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0)
@@ -96,6 +97,9 @@ def sweep(
     seed: int = 0,
     manifest_extra: dict[str, Any] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    allow_unconverged: bool = False,
+    allow_other_model: bool = False,
+    fresh: bool = False,
 ) -> Run:
     """Run (or resume) the alpha sweep into run directory `out` and return the loaded Run.
 
@@ -104,6 +108,13 @@ def sweep(
             "prompts" to check held-out disjointness).
         prompts: held-out prompts, disjoint from the calibration prompts.
         progress: called as progress(stage, done, total) with stage in {"rollout", "kl", "probe"}.
+        allow_unconverged: use a calibration with converged=False (refused otherwise; the manifest records it).
+        allow_other_model: apply a vector whose metadata names another model (refused otherwise).
+        fresh: first delete the tl-isokl files already in `out` (`identity.clear_run`), instead of resuming.
+
+    Raises:
+        IdentityError: the calibration was made for another model/vector/gate/positions, or `out` holds a run
+            with other settings (each differing field is named with both values).
     """
     if not 0.0 < threshold <= 1.0:
         raise IsoKLError(f"threshold {threshold} must be in (0, 1]; it is a probability mass")
@@ -115,16 +126,19 @@ def sweep(
         raise IsoKLError("no held-out prompts given")
     check_disjoint(prompts, calibration.get("prompts", []))
     vector.check_model(model)
+    allowed = check_sweep_inputs(model, vector, calibration, positions=positions,
+                                 allow_unconverged=allow_unconverged, allow_other_model=allow_other_model)
     pids = list(prompt_ids) if prompt_ids is not None else [f"p{i:03d}" for i in range(len(prompts))]
     cfg = SweepConfig(c_star=float(calibration["c_star"]), window=int(window), threshold=float(threshold),
                       spec=spec, schedule=schedule, positions=positions, prompts=prompts, prompt_ids=pids)
-    ident = cfg.identity(model, vector)
+    ident = run_identity(cfg.identity(model, vector), calibration)
     rd = RunDir(out)
-    if rd.manifest_path.is_file():
-        old = rd.read_manifest()
-        if old.get("config_sha256") != sha256_json(ident):
-            raise RunDirError(f"{rd.path} holds a sweep with a different configuration (model, vector, c*, window, "
-                              f"threshold, probe or prompts); pass a new --out folder")
+    if fresh:
+        clear_run(rd.path)
+    old = rd.read_manifest() if rd.manifest_path.is_file() else None
+    if old is not None:
+        check_run(old, ident, rd.path)  # one line naming every differing field, both values, and the fix
+    todo = [a for a in alphas if not rd.has_cell(a)]
     info = model_info(model)
     manifest = base_manifest(
         "sweep", model=info.get("name"), model_path=info.get("path"), revision=info.get("revision"),
@@ -134,14 +148,13 @@ def sweep(
         prompts_sha256=ident["prompts_sha256"], n_prompts=len(prompts), seed=seed, window=int(window),
         threshold=float(threshold), alphas=list(alphas), c_star=cfg.c_star, target=calibration.get("target"),
         stat=calibration.get("stat"), probe=spec.to_dict(), schedule=schedule, positions=positions,
-        config_sha256=sha256_json(ident), prompts=[{"id": i, "prompt": p} for i, p in zip(pids, prompts)],
-        **(manifest_extra or {}),
+        config_sha256=sha256_json(ident), identity=ident, **allowed,
+        prompts=[{"id": i, "prompt": p} for i, p in zip(pids, prompts)],
+        **(manifest_extra or {}), history={"alphas": list(todo)},
     )
-    rd.write_manifest(manifest)
+    rd.write_manifest(merge_manifest(old, manifest))  # resuming appends to the history, never replaces it
     atomic_write_json(rd.calibration_path, calibration)
-    if not rd.vector_path.is_file():
-        vector.save(rd.vector_path)
-    todo = [a for a in alphas if not rd.has_cell(a)]
+    vector.save(rd.vector_path)  # the identity check above guarantees it is the run's vector
     for a in todo:
         trajs = run_cell(model, vector, a, cfg, batch_size=batch_size, probe_batch_size=probe_batch_size,
                          progress=progress)

@@ -33,8 +33,12 @@ def run_dir(model, splits, tmp_path_factory):
     vec = extract(model, concept_prompts("cheerful"), concept_prompts("gloomy"))
     prompts = [q.prompt for q in splits.heldout[:2]]
     out = tmp_path_factory.mktemp("inspect") / "run"
-    sweep(model, vec, {"c_star": 1.5, "target": 1.0, "stat": "p95"}, prompts, out, alphas=(0.0, 1.0), window=12,
-          batch_size=4)
+    from tl_isokl.identity import calibration_identity
+
+    ident = calibration_identity(model, vec, ["a calibration prompt"], stat="p95", target=1.0, tol=0.05, window=12,
+                                 positions="all", c_min=1e-4, c_max=1e4)  # a calibration made for this vector
+    sweep(model, vec, {"c_star": 1.5, "target": 1.0, "stat": "p95", "converged": True, "identity": ident}, prompts,
+          out, alphas=(0.0, 1.0), window=12, batch_size=4)
     rd = RunDir(out)
     row = 0
     for a in (0.0, 1.0):  # plant the fates: everyone alive, except DEAD_ROW at fork DEATH

@@ -90,8 +90,10 @@ def test_killed_sweep_resumes_to_identical_cells(model, vec, cal, heldout, run, 
 
 
 def test_resume_refuses_a_different_configuration(model, vec, cal, heldout, run):
-    with pytest.raises(RunDirError, match="different configuration"):
+    before = {p: p.read_bytes() for p in run.path.rglob("*") if p.is_file()}
+    with pytest.raises(RunDirError, match=rf"other settings: window: {WINDOW} \(run\) vs {WINDOW + 1} \(this command\)"):
         sweep(model, vec, cal, heldout, run.path, alphas=ALPHAS, window=WINDOW + 1)
+    assert {p: p.read_bytes() for p in run.path.rglob("*") if p.is_file()} == before  # refused: nothing touched
 
 
 def test_heldout_must_be_disjoint_from_calibration(model, vec, cal, tmp_path):
