@@ -99,7 +99,7 @@ def command(model_name, dtype, device, vector_path, method, layer, concept, gate
     A folder already holding a calibration with other settings, or a sweep, is refused unless --fresh.
     """
     from tl_isokl.calibrate import parse_stat
-    from tl_isokl.identity import FIX_RUN, calibration_identity, check_calibration, clear_run
+    from tl_isokl.identity import FIX_RUN, calibration_identity, check_calibration, clear_run, same_model
     from tl_isokl.io import atomic_write_json
     from tl_isokl.model import model_info
     from tl_isokl.prompts import read_prompts
@@ -152,5 +152,5 @@ def command(model_name, dtype, device, vector_path, method, layer, concept, gate
         prompts_sha256=wanted["prompts_sha256"], n_prompts=len(prompts), window=window, target=target, stat=stat,
         tol=tol, c_min=c_min, c_max=c_max, positions=positions, seed=seed, identity=wanted,
         calibration_converged=cal["converged"], vector_model=vec.meta.get("model"),
-        allow_other_model=bool(allow_other_model and vec.meta.get("model") not in (None, info["name"])))))
+        allow_other_model=bool(vec.meta.get("model") and not same_model(vec.meta.get("model"), info["name"])))))
     click.echo(f"wrote {out / 'calibration.json'}")

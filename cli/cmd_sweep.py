@@ -94,6 +94,9 @@ def command(model_name, dtype, device, vector_path, method, layer, concept, gate
             raise click.ClickException(f"{calibration_path} has no numeric c_star; it is not a calibration.json "
                                        f"written by `tl-isokl calibrate`")
         check_calibration(ext_cal, {}, source=str(calibration_path), fix="recalibrate with `tl-isokl calibrate`")
+        if prompts_path is not None and set(early[prompts_path]) & set(ext_cal.get("prompts") or []):
+            raise click.UsageError(f"--prompts {prompts_path} shares prompts with the calibration prompts of "
+                                   f"--calibration {calibration_path}; held-out prompts must be disjoint from them")
         check_converged(ext_cal, allow=allow_unconverged, source=str(calibration_path))
     spec = model_spec(model_name)
     if out is None:

@@ -71,7 +71,8 @@ def _read_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise IsoKLError(f"{path}: not UTF-8 text (byte {e.start}); the file is damaged or not a tl-isokl file") from None
+        raise IsoKLError(f"{path}: not UTF-8 text (byte {e.start}); the file is damaged or not a tl-isokl "
+                         f"file") from None
     except OSError as e:
         raise IsoKLError(f"{path}: cannot read it ({e.strerror or type(e).__name__})") from None
 

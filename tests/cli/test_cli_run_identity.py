@@ -413,3 +413,30 @@ def test_relative_model_paths_are_recorded_absolute(monkeypatch):
     name, path, _ = resolve_model(EMBEDDED_MODEL.name)
     assert name == str(EMBEDDED_MODEL.resolve()) and path.is_absolute()
     assert model_spec(EMBEDDED_MODEL.name) == name
+
+
+def test_calibrate_refuses_to_overwrite_other_work(run, files, reuse_model, tmp_path):
+    out, _ = run
+    before = snapshot(out)
+    one_line_error(invoke("calibrate", "--window", "8", "--prompts", files / "cal.txt", "--out", out), 1,
+                   "holds a sweep run", "--fresh")
+    assert snapshot(out) == before
+    c = tmp_path / "C"
+    args = ["calibrate", "--window", "8", "--prompts", files / "cal.txt", "--out", c]
+    assert invoke(*args).exit_code == 0
+    before = snapshot(c)
+    one_line_error(invoke(*args, "--target-kl", "0.5"), 1, "target: 1 (calibration) vs 0.5 (this command)")
+    assert snapshot(c) == before
+    # a calibration folder is a valid start for a sweep with the same settings: its calibration is reused
+    r = invoke("sweep", "--window", "8", "--alphas", "0", "--no-figures", "--prompts", files / "held.txt",
+               "--calibration-prompts", files / "cal.txt", "--out", c)
+    assert r.exit_code == 0, r.output
+    assert "resuming: using" in r.output
+    hist = json.loads((c / "manifest.json").read_text())["history"]
+    assert [h["command"] for h in hist] == ["calibrate", "sweep"]
+
+
+def test_heldout_prompts_shared_with_a_calibration_file_are_refused_early(run, files, no_model):
+    out, _ = run
+    one_line_error(invoke("sweep", "--calibration", out / "calibration.json", "--prompts", files / "cal.txt"), 2,
+                   "--prompts", "--calibration", "disjoint")
