@@ -25,7 +25,8 @@ import numpy as np
 from tl_isokl.errors import CalibrationError, IsoKLError, IsoKLWarning
 from tl_isokl.identity import calibration_identity, warn_reflection
 from tl_isokl.kl import per_token_kl
-from tl_isokl.rollout import Rollout, grid, rollout
+from tl_isokl.records import Rollout
+from tl_isokl.rollout import grid, rollout
 from tl_isokl.vector import SteeringVector
 
 SUMMARY_QUANTILES = (50, 90, 95, 99)

@@ -185,9 +185,7 @@ def run_cell(model, vector: SteeringVector, alpha: float, cfg: SweepConfig, *, b
     kls = per_token_kl(model, vector, rolls, batch_size=batch_size, positions=cfg.positions, progress=tick("kl"))
     forks = probe(model, vector, rolls, spec=cfg.spec, schedule=cfg.schedule, batch_size=probe_batch_size,
                   positions=cfg.positions, progress=tick("probe"))
-    return [Trajectory(prompt_id=r.prompt_id, prompt=r.prompt, alpha=float(alpha), coeff=coeff, tokens=r.tokens,
-                       text=r.text, kl=[float(x) for x in k], eos=r.eos, window=r.window, forks=f)
-            for r, k, f in zip(rolls, kls, forks)]
+    return [Trajectory.from_rollout(r, alpha=alpha, coeff=coeff, kl=k, forks=f) for r, k, f in zip(rolls, kls, forks)]
 
 
 def summary_rows(run: Run) -> list[dict[str, Any]]:
