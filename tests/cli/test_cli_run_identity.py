@@ -440,3 +440,23 @@ def test_heldout_prompts_shared_with_a_calibration_file_are_refused_early(run, f
     out, _ = run
     one_line_error(invoke("sweep", "--calibration", out / "calibration.json", "--prompts", files / "cal.txt"), 2,
                    "--prompts", "--calibration", "disjoint")
+
+
+def test_an_unconverged_calibration_made_by_sweep_is_kept_and_refused(files, reuse_model, tmp_path, monkeypatch):
+    """One round only (patched) and a 0.01% tolerance: the calibration cannot converge. The sweep keeps it in the
+    run directory, refuses to use it, and a rerun with --allow-unconverged uses it without recalibrating."""
+    import importlib
+
+    calmod = importlib.import_module("tl_isokl.calibrate")  # the package exports a function of the same name
+    real = calmod.calibrate
+    calls = []
+    monkeypatch.setattr(calmod, "calibrate", lambda *a, **k: calls.append(1) or real(*a, **{**k, "max_rounds": 1}))
+    args = ["sweep", "--window", "8", "--alphas", "0", "--no-figures", "--tol", "0.0001", "--prompts",
+            files / "held.txt", "--calibration-prompts", files / "cal.txt", "--out", tmp_path / "U"]
+    one_line_error(invoke(*args), 1, "did not converge", "--allow-unconverged")
+    cal = json.loads((tmp_path / "U" / "calibration.json").read_text())
+    assert cal["converged"] is False and not (tmp_path / "U" / "cells").exists()
+    r = invoke(*args, "--allow-unconverged")
+    assert r.exit_code == 0, r.output
+    assert calls == [1] and "resuming: using" in r.output
+    assert json.loads((tmp_path / "U" / "manifest.json").read_text())["allow_unconverged"] is True
