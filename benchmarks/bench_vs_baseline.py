@@ -1,0 +1,290 @@
+"""tl-isokl against the straightforward baseline (benchmarks/baseline.py) on the same work; prints the ratio last.
+
+    python benchmarks/bench_vs_baseline.py            # issue 13's workload: 8 calibration + 16 held-out prompts,
+                                                      # window 256, alphas 0..4 (8), log2 forks, 1 torch thread
+    python benchmarks/bench_vs_baseline.py --quick    # window 16, 2 + 3 prompts, 3 alphas: a smoke run in seconds
+    python benchmarks/bench_vs_baseline.py --json out.json   # also write every number (and both sides' forks)
+
+Each side runs in its own subprocess (one after the other, never concurrently), so its peak RSS (ru_maxrss) is
+its own; `--inprocess` runs both in this process instead (peak RSS is then shared and only deltas mean
+anything). Both sides load the embedded model and extract the same mean-diff vector (not timed), then:
+
+    calibration   c* with p95 of pooled per-token KL = 1 nat (+-5% relative) over the calibration prompts
+    rollouts      greedy rollouts of every held-out prompt at every alpha x c*
+    KL            per-token KL(steered || base) of each of those rollouts
+    probe         fork probes (log2 forks, skip after the model's own </think>), deaths at pmass < 0.75
+
+Agreement: c* within the calibration tolerance (relative 5%), and the same deaths per alpha. Each side sweeps at
+its own c*, so a small c* difference moves every dose a little; a fork whose pmass sits near the threshold can
+then flip. Every disagreement is printed with both sides' pmass at the forks involved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+HERE = Path(__file__).resolve().parent
+ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0)
+FULL = dict(window=256, n_cal=8, n_heldout=16, alphas=ALPHAS)
+QUICK = dict(window=16, n_cal=2, n_heldout=3, alphas=(0.0, 1.0, 4.0))
+THRESHOLD = 0.75
+TOL = 0.05
+STAGES = ("calibration", "rollout", "kl", "probe")
+
+
+def rss_mb() -> float:
+    """Peak resident set size of this process so far, MB (Linux reports ru_maxrss in KB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def setup(threads: int = 1, model=None, vector=None):
+    import torch
+
+    torch.set_num_threads(threads)
+    import tl_isokl as ik
+
+    model = model if model is not None else ik.load_model(device="cpu")
+    vector = vector if vector is not None else ik.extract(model, *ik.default_concepts(model))
+    return model, vector
+
+
+def workload(model, n_cal: int, n_heldout: int):
+    import tl_isokl as ik
+
+    _, cal = ik.default_prompts(model, "calibration")
+    ids, held = ik.default_prompts(model, "heldout")
+    return cal[:n_cal], list(zip(ids[:n_heldout], held[:n_heldout]))
+
+
+def first_death(forks, threshold=THRESHOLD):
+    for t, pm in forks:
+        if not pm >= threshold:  # NaN is dead
+            return t
+    return None
+
+
+def run_tl_isokl(model, vector, cal_prompts, heldout, alphas, window, mark=None) -> dict:
+    """The library's pipeline with the defaults `tl-isokl sweep` uses (batch 32 rollouts/KL, probe batch 8)."""
+    import numpy as np
+
+    import tl_isokl as ik
+    from tl_isokl.rollout import grid
+
+    times = {s: 0.0 for s in STAGES}
+    t0 = time.perf_counter()
+    cal = ik.calibrate(model, vector, cal_prompts, window=window)
+    times["calibration"] = time.perf_counter() - t0
+    if mark:
+        mark("calibration")
+    pids = [i for i, _ in heldout]
+    prompts = [p for _, p in heldout]
+    cells = {}
+    for a in alphas:
+        c = float(a) * cal.c_star
+        P, C, I = grid(prompts, [c], pids)
+        t = time.perf_counter()
+        rolls = ik.rollout(model, vector, P, C, prompt_ids=I, window=window, batch_size=32)
+        t1 = time.perf_counter()
+        kls = ik.per_token_kl(model, vector, rolls, batch_size=32)
+        t2 = time.perf_counter()
+        probes = ik.probe(model, vector, rolls, batch_size=8)
+        t3 = time.perf_counter()
+        times["rollout"] += t1 - t
+        times["kl"] += t2 - t1
+        times["probe"] += t3 - t2
+        rows = []
+        for r, k, fk in zip(rolls, kls, probes):
+            forks = [[f.t, f.pmass] for f in fk]
+            d = first_death(forks)
+            rows.append({"id": r.prompt_id, "died": d is not None, "death": d, "length": r.length, "eos": r.eos,
+                         "tokens": list(r.tokens), "forks": forks,
+                         "kl_p95": float(np.percentile(k, 95)) if len(k) else float("nan")})
+        cells[str(a)] = rows
+    if mark:
+        mark("sweep")
+    return {"c_star": cal.c_star, "achieved": cal.achieved, "converged": cal.converged, "doses": len(cal.history),
+            "rounds": cal.rounds, "times": times, "cells": cells}
+
+
+def run_side(side: str, cfg: dict, threads: int = 1, model=None, vector=None) -> dict:
+    """Run one side in this process; returns its result dict with timings, RSS marks and outcomes."""
+    t_load = time.perf_counter()
+    model, vector = setup(threads, model, vector)
+    load_s = time.perf_counter() - t_load
+    cal, held = workload(model, cfg["n_cal"], cfg["n_heldout"])
+    marks = {"loaded": rss_mb()}
+
+    def mark(stage):
+        marks[stage] = rss_mb()
+
+    if side == "baseline":
+        sys.path.insert(0, str(HERE))
+        import baseline
+
+        res = baseline.run(model, vector, cal, held, cfg["alphas"], cfg["window"], threshold=THRESHOLD, tol=TOL,
+                           mark=mark)
+    elif side == "tl_isokl":
+        res = run_tl_isokl(model, vector, cal, held, cfg["alphas"], cfg["window"], mark=mark)
+    else:
+        raise ValueError(side)
+    res["times"]["total"] = sum(res["times"][s] for s in STAGES)
+    res.update(side=side, load_s=load_s, rss_mb=marks, peak_rss_mb=rss_mb(), threads=threads)
+    return res
+
+
+def run_child(side: str, cfg: dict, threads: int) -> dict:
+    """Run one side in a fresh interpreter (own peak RSS); the child writes JSON to a temp file."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / f"{side}.json"
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--child", side, "--child-out", str(out),
+               "--window", str(cfg["window"]), "--n-cal", str(cfg["n_cal"]), "--n-heldout", str(cfg["n_heldout"]),
+               "--alphas", ",".join(str(a) for a in cfg["alphas"]), "--threads", str(threads)]
+        t = time.perf_counter()
+        subprocess.run(cmd, check=True)
+        res = json.loads(out.read_text())
+        res["wall_s"] = time.perf_counter() - t
+        return res
+
+
+# ------------------------------------------------------------------------------------------------ comparison
+def compare(base: dict, lib: dict, tol: float = TOL) -> dict:
+    """c* agreement and per-alpha deaths; every disagreeing trajectory with both sides' forks."""
+    rel = abs(lib["c_star"] - base["c_star"]) / base["c_star"]
+    out = {"c_star": {"baseline": base["c_star"], "tl_isokl": lib["c_star"], "rel_diff": rel, "ok": rel <= tol},
+           "alphas": [], "disagreements": [], "token_mismatch": 0, "rows": 0}
+    for a, rows_b in base["cells"].items():
+        rows_l = {r["id"]: r for r in lib["cells"][a]}
+        nb = sum(r["died"] for r in rows_b)
+        nl = sum(r["died"] for r in rows_l.values())
+        kb = [r["kl_p95"] for r in rows_b]
+        kl_ = [rows_l[r["id"]]["kl_p95"] for r in rows_b]
+        out["alphas"].append({"alpha": float(a), "died_baseline": nb, "died_tl_isokl": nl, "n": len(rows_b),
+                              "kl_p95_med_baseline": _median(kb), "kl_p95_med_tl_isokl": _median(kl_)})
+        for rb in rows_b:
+            rl = rows_l[rb["id"]]
+            out["rows"] += 1
+            if rb["tokens"] != rl["tokens"]:
+                out["token_mismatch"] += 1
+            if rb["died"] != rl["died"] or rb["death"] != rl["death"]:
+                fb, fl = dict((t, p) for t, p in rb["forks"]), dict((t, p) for t, p in rl["forks"])
+                ts = sorted(set(fb) | set(fl))
+                out["disagreements"].append({
+                    "alpha": float(a), "id": rb["id"], "death_baseline": rb["death"], "death_tl_isokl": rl["death"],
+                    "same_tokens": rb["tokens"] == rl["tokens"],
+                    "forks": [[t, fb.get(t), fl.get(t)] for t in ts]})
+    out["deaths_ok"] = all(x["died_baseline"] == x["died_tl_isokl"] for x in out["alphas"])
+    return out
+
+
+def _median(xs):
+    import math
+
+    xs = sorted(x for x in xs if x == x and not math.isinf(x))
+    return xs[len(xs) // 2] if xs else float("nan")
+
+
+def report(base: dict, lib: dict, cmp: dict, cfg: dict) -> str:
+    L = []
+    L.append(f"workload: {cfg['n_cal']} calibration + {cfg['n_heldout']} held-out prompts, window {cfg['window']}, "
+             f"alphas {', '.join(f'{a:g}' for a in cfg['alphas'])}, log2 forks, torch threads {lib['threads']}; "
+             f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
+             f"load avg {os.getloadavg()[0]:.2f}")
+    L.append(f"{'stage':<12} {'baseline s':>11} {'tl-isokl s':>11} {'ratio':>7}")
+    for s in STAGES + ("total",):
+        b, t = base["times"][s], lib["times"][s]
+        L.append(f"{s:<12} {b:>11.2f} {t:>11.2f} {b / t if t else float('nan'):>6.1f}x")
+    L.append(f"calibration doses: baseline {base['doses']} (bisection, one per step); tl-isokl {lib['doses']} "
+             f"in {lib['rounds']} batched rounds")
+    for side, r in (("baseline", base), ("tl-isokl", lib)):
+        m = r["rss_mb"]
+        L.append(f"peak RSS {side:<9} {r['peak_rss_mb']:7.0f} MB (after load {m['loaded']:.0f} MB, "
+                 f"+{r['peak_rss_mb'] - m['loaded']:.0f} MB during the work; after calibration "
+                 f"{m.get('calibration', float('nan')):.0f} MB)")
+    c = cmp["c_star"]
+    L.append(f"c*: baseline {c['baseline']:.4f} (p95 {base['achieved']:.3f}), tl-isokl {c['tl_isokl']:.4f} "
+             f"(p95 {lib['achieved']:.3f}); relative difference {c['rel_diff']:.2%} "
+             f"({'within' if c['ok'] else 'OUTSIDE'} the {TOL:.0%} tolerance)")
+    L.append("deaths per alpha (baseline / tl-isokl, of n): " + ", ".join(
+        f"{x['alpha']:g}: {x['died_baseline']}/{x['died_tl_isokl']}" for x in cmp["alphas"])
+        + f"  [{'same' if cmp['deaths_ok'] else 'DIFFERENT'}]")
+    L.append("median per-row KL p95 per alpha (baseline / tl-isokl): " + ", ".join(
+        f"{x['alpha']:g}: {x['kl_p95_med_baseline']:.3g}/{x['kl_p95_med_tl_isokl']:.3g}" for x in cmp["alphas"]))
+    L.append(f"rollouts token-identical: {cmp['rows'] - cmp['token_mismatch']}/{cmp['rows']}")
+    for d in cmp["disagreements"]:
+        near = [f"t={t}: {_f(pb)}/{_f(pl)}" for t, pb, pl in d["forks"]
+                if (pb is None) != (pl is None) or (pb is not None and (pb < THRESHOLD) != (pl < THRESHOLD))
+                or (pb is not None and abs(pb - THRESHOLD) < 0.1)]
+        L.append(f"  disagreement alpha {d['alpha']:g} {d['id']}: death baseline {d['death_baseline']} vs "
+                 f"tl-isokl {d['death_tl_isokl']} (same tokens: {d['same_tokens']}); pmass b/t near the threshold: "
+                 + ("; ".join(near) or "none"))
+    tot = base["times"]["total"] / lib["times"]["total"]
+    L.append(f"ratio (baseline / tl-isokl, total of the four stages): {tot:.2f}x")
+    return "\n".join(L)
+
+
+def _f(x):
+    return "-" if x is None else f"{x:.3f}"
+
+
+def parse_cfg(args) -> dict:
+    cfg = dict(QUICK if args.quick else FULL)
+    if args.window:
+        cfg["window"] = args.window
+    if args.n_cal:
+        cfg["n_cal"] = args.n_cal
+    if args.n_heldout:
+        cfg["n_heldout"] = args.n_heldout
+    if args.alphas:
+        cfg["alphas"] = tuple(float(a) for a in args.alphas.split(","))
+    return cfg
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="window 16, 2 + 3 prompts, alphas 0, 1, 4")
+    ap.add_argument("--window", type=int)
+    ap.add_argument("--n-cal", type=int)
+    ap.add_argument("--n-heldout", type=int)
+    ap.add_argument("--alphas", help="comma-separated multiples of c*")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--inprocess", action="store_true", help="run both sides in this process (shared RSS)")
+    ap.add_argument("--json", help="write all numbers to this file")
+    ap.add_argument("--child", choices=("baseline", "tl_isokl"), help=argparse.SUPPRESS)
+    ap.add_argument("--child-out", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    cfg = parse_cfg(args)
+    if args.child:
+        res = run_side(args.child, cfg, args.threads)
+        Path(args.child_out).write_text(json.dumps(res))
+        return 0
+    if args.inprocess:
+        model, vector = setup(args.threads)
+        base = run_side("baseline", cfg, args.threads, model, vector)
+        lib = run_side("tl_isokl", cfg, args.threads, model, vector)
+    else:
+        base = run_child("baseline", cfg, args.threads)
+        lib = run_child("tl_isokl", cfg, args.threads)
+    cmp = compare(base, lib)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"config": {**cfg, "alphas": list(cfg["alphas"])}, "baseline": base,
+                                               "tl_isokl": lib, "compare": cmp}, indent=1))
+    print(report(base, lib, cmp, cfg))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
