@@ -1,0 +1,514 @@
+"""Where does the time go? Measurements behind issue 13's levers, on the embedded model, CPU, one torch thread.
+
+    python benchmarks/investigate_speed.py profile   [--rows 16] [--window 256]   cProfile of one alpha cell
+    python benchmarks/investigate_speed.py native    [--rows 16] [--window 256]   HF attention (sdpa) under the
+                                                                                   bridge: parity, then speed
+    python benchmarks/investigate_speed.py overhead  [--rows 16]                  one decode step: bridge vs raw HF
+    python benchmarks/investigate_speed.py memory    [--rows 48]                  peak RSS per stage (subprocesses)
+    python benchmarks/investigate_speed.py batching  [--window 256]               rollout 16 rows vs 128 rows
+    python benchmarks/investigate_speed.py all
+
+Nothing here changes tl_isokl: the native-attention prototype (benchmarks/native_attention.py) is switched on at
+run time on the loaded model only. Numbers are printed; benchmarks/README.md records a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import os
+import pstats
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+C_STAR = 1.368  # the test bed's c* at window 256 on 8 calibration prompts (issue 13); any dose works for timing
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def setup(threads=1):
+    import torch
+
+    torch.set_num_threads(threads)
+    import tl_isokl as ik
+
+    model = ik.load_model(device="cpu")
+    vec = ik.extract(model, *ik.default_concepts(model))
+    return model, vec
+
+
+def cell_rows(model, n, alpha=1.0, c_star=C_STAR):
+    import tl_isokl as ik
+
+    ids, prompts = ik.default_prompts(model, "heldout")
+    reps = (n + len(prompts) - 1) // len(prompts)
+    P = (prompts * reps)[:n]
+    I = [f"{i}" for i in range(n)]
+    return P, [alpha * c_star] * n, I
+
+
+def run_cell(model, vec, P, C, I, window, roll_batch=32, kl_batch=32, probe_batch=8):
+    """rollout, KL, probe exactly as `tl_isokl.sweep.run_cell` calls them; returns (times, rolls, kls, probes)."""
+    import tl_isokl as ik
+
+    t = {}
+    t0 = time.perf_counter()
+    rolls = ik.rollout(model, vec, P, C, prompt_ids=I, window=window, batch_size=roll_batch)
+    t["rollout"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    kls = ik.per_token_kl(model, vec, rolls, batch_size=kl_batch)
+    t["kl"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    probes = ik.probe(model, vec, rolls, batch_size=probe_batch)
+    t["probe"] = time.perf_counter() - t0
+    t["cell"] = sum(t.values())
+    return t, rolls, kls, probes
+
+
+# ------------------------------------------------------------------------------------------------ profile
+def _classify(stats: pstats.Stats):
+    """tottime grouped: torch ops by name (math), Python frames by package (overhead)."""
+    groups: dict[str, float] = {}
+    ops: dict[str, float] = {}
+    for (file, line, name), (cc, nc, tt, ct, callers) in stats.stats.items():
+        if file == "~":  # builtins: torch ops, list ops, ...
+            key = name.replace("<built-in method ", "").replace("<method ", "").rstrip(">")
+            if any(s in key for s in ("torch", "_C.", "Tensor")) or key in ("linear", "matmul", "softmax"):
+                ops[key] = ops.get(key, 0.0) + tt
+                grp = "torch ops (math + kernel launch)"
+            else:
+                grp = "python builtins"
+        elif "transformer_lens/hook_points" in file:
+            grp = "python: TransformerLens HookPoint"
+        elif "transformer_lens" in file:
+            grp = "python: TransformerLens bridge components"
+        elif "torch/nn/modules/module.py" in file:
+            grp = "python: torch nn.Module call machinery"
+        elif "/torch/" in file:
+            grp = "python: other torch"
+        elif "transformers" in file:
+            grp = "python: transformers (HF model, cache, masks)"
+        elif "tl_isokl" in file:
+            grp = "python: tl_isokl"
+        else:
+            grp = "python: other"
+        groups[grp] = groups.get(grp, 0.0) + tt
+    return groups, ops
+
+
+def _cum(stats: pstats.Stats, fname_part: str, func: str) -> float:
+    """Cumulative time of a function (summed over matches), without double counting recursion."""
+    return sum(v[3] for (f, _, n), v in stats.stats.items() if fname_part in f and n == func)
+
+
+def _direct_from(stats: pstats.Stats, op: str, caller_file: str, caller_func: str) -> float:
+    """tottime of builtin `op` attributed to calls made directly from caller_file:caller_func."""
+    tot = 0.0
+    for (f, _, n), v in stats.stats.items():
+        if f == "~" and op in n:
+            for (cf, _, cn), cv in v[4].items():
+                if caller_file in cf and cn == caller_func:
+                    tot += cv[2]
+    return tot
+
+
+def cmd_profile(args):
+    import torch  # noqa: F401
+
+    model, vec = setup()
+    if args.native:
+        from native_attention import enable_native_attention
+
+        enable_native_attention(model)
+    P, C, I = cell_rows(model, args.rows)
+    run_cell(model, vec, P[:2], C[:2], I[:2], 8)  # warm-up
+    results = {}
+    for stage in ("rollout", "kl", "probe"):
+        results[stage] = None
+    import tl_isokl as ik
+
+    prof = {}
+    pr = cProfile.Profile()
+    t0 = time.perf_counter()
+    pr.enable()
+    rolls = ik.rollout(model, vec, P, C, prompt_ids=I, window=args.window, batch_size=32)
+    pr.disable()
+    prof["rollout"] = (pr, time.perf_counter() - t0)
+    pr = cProfile.Profile()
+    t0 = time.perf_counter()
+    pr.enable()
+    ik.per_token_kl(model, vec, rolls, batch_size=32)
+    pr.disable()
+    prof["kl"] = (pr, time.perf_counter() - t0)
+    pr = cProfile.Profile()
+    t0 = time.perf_counter()
+    pr.enable()
+    ik.probe(model, vec, rolls, batch_size=8)
+    pr.disable()
+    prof["probe"] = (pr, time.perf_counter() - t0)
+    ntok = sum(r.length for r in rolls)
+    print(f"profile: one alpha-1 cell, {args.rows} rows, window {args.window}, {ntok} generated tokens, "
+          f"attention {'native sdpa (prototype)' if args.native else 'bridge eager (default)'}; wall under cProfile:")
+    allstats = None
+    for stage, (pr, wall) in prof.items():
+        st = pstats.Stats(pr)
+        allstats = st if allstats is None else allstats.add(pr)
+        print(f"  {stage:<8} {wall:6.2f} s")
+    st = allstats
+    total = sum(v[2] for v in st.stats.values())
+    groups, ops = _classify(st)
+    attn = "position_embeddings_attention.py"
+    attn_cum = _cum(st, attn, "forward")
+    nat_cum = _cum(st, "generalized_components/attention.py", "forward")
+    print(f"total profiled time {total:.2f} s (sum of tottime)")
+    print(f"  attention bridge forward, cumulative (reconstructed eager attention incl. its q/k/v/o linears): "
+          f"{attn_cum:6.2f} s = {attn_cum / total:5.1%}")
+    if nat_cum:
+        print(f"  AttentionBridge.forward (delegating, native) cumulative: {nat_cum:6.2f} s = {nat_cum / total:5.1%}")
+    for op in ("matmul", "softmax", "cat", "linear", "masked_fill", "where", "tril"):
+        d = _direct_from(st, op, attn, "forward")
+        if d:
+            print(f"    {op:<12} called directly by the attention bridge: {d:6.2f} s = {d / total:5.1%}")
+    cache_cat = _direct_from(st, "cat", "cache_utils", "update")
+    print(f"  KV cache growth (torch.cat in transformers DynamicLayer.update): {cache_cat:6.2f} s = "
+          f"{cache_cat / total:5.1%}")
+    mlp = _cum(st, "gated_mlp.py", "forward")
+    print(f"  gated MLP bridge cumulative: {mlp:6.2f} s = {mlp / total:5.1%}")
+    print("  tottime by kind:")
+    for g, v in sorted(groups.items(), key=lambda kv: -kv[1]):
+        print(f"    {g:<52} {v:7.2f} s {v / total:6.1%}")
+    print("  torch ops by tottime:")
+    for k, v in sorted(ops.items(), key=lambda kv: -kv[1])[:12]:
+        print(f"    {k:<52} {v:7.2f} s {v / total:6.1%}")
+    if args.top:
+        st.sort_stats("tottime").print_stats(args.top)
+
+
+# ------------------------------------------------------------------------------------------------ native attention
+def cmd_native(args):
+    import numpy as np
+    import torch
+
+    import tl_isokl as ik
+    from native_attention import disable_native_attention, enable_native_attention
+    from tl_isokl.probe import default_forks, probe_reference
+
+    model, vec = setup()
+    print("native attention prototype: AttentionBridge.forward delegation + HF sdpa (see native_attention.py)")
+    # 1. logits vs HF's own model (loaded separately: the bridge mutates the HF model it wraps)
+    from transformers import AutoModelForCausalLM
+
+    path = model.tl_isokl_info["path"]
+    hf = {impl: AutoModelForCausalLM.from_pretrained(path, attn_implementation=impl, dtype=torch.float32).eval()
+          for impl in ("eager", "sdpa")}
+    from tl_isokl.tokens import encode, pad_batch, pad_id, position_ids
+
+    _, prompts = ik.default_prompts(model, "heldout")
+    seqs = [encode(model, p) for p in prompts[:6]]
+    seqs = [s + list(range(5, 5 + 40 * (i + 1) % 120)) for i, s in enumerate(seqs)]  # ragged lengths
+    ids, mask = pad_batch(seqs, pad_id(model), side="left")
+    pos = position_ids(mask)
+    with torch.no_grad():
+        ref = {k: m(input_ids=ids, attention_mask=mask, position_ids=pos).logits for k, m in hf.items()}
+        br_eager = model.original_model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+        enable_native_attention(model)
+        br_native = model.original_model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+    valid = mask.bool()
+    gap = lambda a, b: float((a - b)[valid].abs().max())  # noqa: E731
+    scale = float(ref["eager"][valid].abs().max())
+    print(f"  logits, left-padded batch of 6 (max |logit| {scale:.1f}): bridge-native vs HF sdpa "
+          f"{gap(br_native, ref['sdpa']):.2e}, vs HF eager {gap(br_native, ref['eager']):.2e}; bridge-eager vs HF "
+          f"eager {gap(br_eager, ref['eager']):.2e}; HF sdpa vs HF eager {gap(ref['sdpa'], ref['eager']):.2e}")
+    # 2. the steering hook still fires, at every decode step
+    seen = []
+    with torch.no_grad(), model.hooks(fwd_hooks=[(vec.hook_name, lambda x, hook: seen.append(tuple(x.shape)))]):
+        model.generate(prompts[0], max_new_tokens=4, do_sample=False, verbose=False)
+    print(f"  {vec.hook_name} fired {len(seen)} times in a 4-token cached generate: shapes {seen}")
+    # 3. cached == uncached decoding, steered (generate with and without the KV cache)
+    toks = model.to_tokens(prompts[1])
+    kw = dict(max_new_tokens=24, do_sample=False, stop_at_eos=False, verbose=False, output_logits=True)
+    with torch.no_grad(), ik.steer(model, vec, 2 * C_STAR):
+        a = model.generate(toks, use_past_kv_cache=True, **kw)
+        b = model.generate(toks, use_past_kv_cache=False, **kw)
+    lg = max(float((x - y).abs().max()) for x, y in zip(a.logits, b.logits))
+    print(f"  cached vs uncached steered generate (native): same tokens {torch.equal(a.sequences, b.sequences)}, "
+          f"max |d logit| {lg:.2e}")
+    # 4. rollout / KL / probe: native vs eager, and KL vs brute force (baseline.kl_one: full logits, two passes)
+    import baseline
+
+    P, C, I = cell_rows(model, args.rows, alpha=1.0)
+    disable_native_attention(model)
+    run_cell(model, vec, P[:2], C[:2], I[:2], 8)
+    te, re_, ke, pe = run_cell(model, vec, P, C, I, args.window)
+    enable_native_attention(model)
+    run_cell(model, vec, P[:2], C[:2], I[:2], 8)
+    tn, rn, kn, pn = run_cell(model, vec, P, C, I, args.window)
+    same = sum(x.tokens == y.tokens for x, y in zip(re_, rn))
+    kd = max(float(np.abs(x - y).max()) if len(x) else 0.0 for x, y in zip(ke, kn) if len(x) == len(y))
+    brute = [baseline.kl_one(model, vec, r.prompt_tokens, r.tokens, r.coeff) for r in rn[:4]]
+    kb = max(float(np.abs(x - y).max()) for x, y in zip(brute, kn[:4]))
+    pd = max(abs(a.pmass - b.pmass) for fa, fb in zip(pe, pn) for a, b in zip(fa, fb))
+    ref_gap = 0.0
+    for r, fk in list(zip(rn, pn))[:2]:
+        for f in fk[:4]:
+            ref_gap = max(ref_gap, abs(probe_reference(model, vec, r, f.t).pmass - f.pmass))
+    print(f"  rollouts token-identical native vs eager: {same}/{len(re_)}; KL max |d| native vs eager {kd:.2e}, "
+          f"native KL vs brute-force re-scoring (native) {kb:.2e}; probe pmass max |d| native vs eager {pd:.2e}, "
+          f"packed-native vs probe_reference {ref_gap:.2e}")
+    ntok = sum(r.length for r in rn)
+    print(f"  speed, one alpha-1 cell of {args.rows} rows, window {args.window} ({ntok} tokens), seconds:")
+    print(f"    {'stage':<8} {'eager':>7} {'native':>7} {'speedup':>8}")
+    for s in ("rollout", "kl", "probe", "cell"):
+        print(f"    {s:<8} {te[s]:7.2f} {tn[s]:7.2f} {te[s] / tn[s]:7.2f}x")
+    disable_native_attention(model)
+
+
+# ------------------------------------------------------------------------------------------------ per-step overhead
+def _decode_steps(om, ids, mask, steps, hooks_ctx=None):
+    """ms per cached decode step after a prefill (batch = ids rows), greedy; om = an HF causal LM."""
+    import contextlib
+
+    import torch
+    from transformers import DynamicCache
+
+    from tl_isokl.tokens import position_ids
+
+    ctx = hooks_ctx if hooks_ctx is not None else contextlib.nullcontext()
+    with torch.no_grad(), ctx:
+        out = om(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), past_key_values=DynamicCache(),
+                 use_cache=True)
+        cache = out.past_key_values
+        nxt = out.logits[:, -1].argmax(-1)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+            pos = mask.sum(1, keepdim=True) - 1
+            out = om(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, past_key_values=cache,
+                     use_cache=True)
+            cache = out.past_key_values
+            nxt = out.logits[:, -1].argmax(-1)
+        return (time.perf_counter() - t0) / steps * 1e3
+
+
+def _teacher_forced(om, ids, mask, reps=3):
+    import torch
+
+    from tl_isokl.tokens import position_ids
+
+    with torch.no_grad():
+        om(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), logits_to_keep=1)
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            om(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), logits_to_keep=1)
+        return (time.perf_counter() - t0) / reps
+
+
+def cmd_overhead(args):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    import tl_isokl as ik
+    from native_attention import disable_native_attention, enable_native_attention
+    from tl_isokl.steer import Steering
+    from tl_isokl.tokens import encode, pad_batch, pad_id
+    from transformer_lens.hook_points import HookPoint
+
+    model, vec = setup()
+    path = model.tl_isokl_info["path"]
+    _, prompts = ik.default_prompts(model, "heldout")
+    steps = args.steps
+    print(f"per decode step, batch B, {steps} steps after the prompt (ms/step; tokens/s = B / step):")
+    hf = {impl: AutoModelForCausalLM.from_pretrained(path, attn_implementation=impl, dtype=torch.float32).eval()
+          for impl in ("eager", "sdpa")}
+    # count HookPoint calls in one decode step
+    calls = [0]
+    orig = HookPoint.forward
+
+    def counting(self, x):
+        calls[0] += 1
+        return orig(self, x)
+
+    rows = []
+    for B in (1, args.rows, 128):
+        seqs = [encode(model, p) for p in (prompts * 3)[:B]]
+        ids, mask = pad_batch(seqs, pad_id(model), side="left")
+        st = Steering(vec, torch.full((B,), C_STAR))
+        steer_ctx = lambda: model.hooks(fwd_hooks=st.fwd_hooks())  # noqa: E731
+        r = {"B": B}
+        disable_native_attention(model)
+        r["bridge eager (today)"] = _decode_steps(model.original_model, ids, mask, steps, steer_ctx())
+        enable_native_attention(model)
+        r["bridge + HF sdpa (prototype)"] = _decode_steps(model.original_model, ids, mask, steps, steer_ctx())
+        disable_native_attention(model)
+        for impl, m in hf.items():
+            # the steering as a plain torch forward hook on the HF decoder layer: the least any hook can cost
+            v = vec.direction * C_STAR
+            h = m.model.layers[vec.layer].register_forward_hook(lambda mod, a, o: o + v)
+            try:
+                r[f"raw HF {impl} + torch hook"] = _decode_steps(m, ids, mask, steps)
+            finally:
+                h.remove()
+        rows.append(r)
+    keys = [k for k in rows[0] if k != "B"]
+    print(f"  {'':<30}" + "".join(f"{'B=' + str(r['B']):>16}" for r in rows))
+    for k in keys:
+        print(f"  {k:<30}" + "".join(f"{r[k]:8.2f} ms {r['B'] / r[k] * 1e3:5.0f}/s"[:16].rjust(16) for r in rows))
+    # HookPoint calls per decode step, and the cost of one
+    HookPoint.forward = counting
+    try:
+        seqs = [encode(model, p) for p in prompts[:4]]
+        ids, mask = pad_batch(seqs, pad_id(model), side="left")
+        calls[0] = 0
+        _decode_steps(model.original_model, ids, mask, 10)
+        per_step = calls[0] / 11
+        enable_native_attention(model)
+        calls[0] = 0
+        _decode_steps(model.original_model, ids, mask, 10)
+        per_step_native = calls[0] / 11
+        disable_native_attention(model)
+    finally:
+        HookPoint.forward = orig
+    hp = HookPoint()
+    x = torch.zeros(4, 1, 192)
+    t0 = time.perf_counter()
+    for _ in range(20000):
+        hp(x)
+    us = (time.perf_counter() - t0) / 20000 * 1e6
+    print(f"  HookPoint calls per decode step: {per_step:.0f} (bridge eager), {per_step_native:.0f} (native); "
+          f"one call with no hook attached costs {us:.2f} us -> {per_step * us / 1e3:.2f} ms/step of pure hook-point "
+          f"dispatch; {len(model.hook_dict)} hook points on the model")
+    # teacher-forced throughput (the CPU floor for KL / probe passes)
+    seqs = [encode(model, p) + list(range(5, 5 + args.window)) for p in prompts[:16]]
+    ids, mask = pad_batch(seqs, pad_id(model), side="left")
+    ntok = int(mask.sum())
+    tf = {"bridge eager (run via original_model)": None}
+    disable_native_attention(model)
+    tf["bridge eager (run via original_model)"] = _teacher_forced(model.original_model, ids, mask)
+    enable_native_attention(model)
+    tf["bridge + HF sdpa (prototype)"] = _teacher_forced(model.original_model, ids, mask)
+    disable_native_attention(model)
+    for impl, m in hf.items():
+        tf[f"raw HF {impl}"] = _teacher_forced(m, ids, mask)
+    print(f"  teacher-forced forward, 16 rows x {ids.shape[1]} tokens ({ntok} real):")
+    for k, v in tf.items():
+        print(f"    {k:<40} {v:6.3f} s  {ntok / v:8.0f} tok/s")
+
+
+# ------------------------------------------------------------------------------------------------ memory
+MEM_CHILD = r"""
+import os, sys, json, resource, time
+os.environ.setdefault("HF_HUB_OFFLINE", "1"); os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+sys.path.insert(0, {here!r})
+rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+out = {{"start": rss()}}
+import torch; torch.set_num_threads(1); out["import torch"] = rss()
+import transformers; out["import transformers"] = rss()
+import transformer_lens; from transformer_lens import TransformerBridge; out["import transformer_lens"] = rss()
+import tl_isokl as ik; out["import tl_isokl"] = rss()
+m = ik.load_model(device="cpu"); out["load_model"] = rss()
+v = ik.extract(m, *ik.default_concepts(m)); out["extract"] = rss()
+if {native!r}:
+    from native_attention import enable_native_attention; enable_native_attention(m)
+from investigate_speed import cell_rows
+P, C, I = cell_rows(m, {rows})
+stage = {stage!r}
+t = time.perf_counter()
+if stage == "calibrate":
+    _, cal = ik.default_prompts(m, "calibration")
+    ik.calibrate(m, v, cal[:{rows}], window={window})
+else:
+    rolls = ik.rollout(m, v, P, C, prompt_ids=I, window={window}, batch_size=32); out["rollout"] = rss()
+    if stage in ("kl", "probe"):
+        ik.per_token_kl(m, v, rolls, batch_size=32); out["kl"] = rss()
+    if stage == "probe":
+        ik.probe(m, v, rolls, batch_size=8); out["probe"] = rss()
+out[stage + " (end)"] = rss(); out["seconds"] = time.perf_counter() - t
+print(json.dumps(out))
+"""
+
+
+def _mem_child(stage, rows, window, native):
+    code = MEM_CHILD.format(here=str(HERE), native=native, rows=rows, stage=stage, window=window)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def cmd_memory(args):
+    print(f"peak RSS (MB, ru_maxrss, monotone) in fresh processes; {args.rows} rows, window {args.window}:")
+    a = _mem_child("probe", args.rows, args.window, False)
+    for k, v in a.items():
+        if k != "seconds":
+            print(f"  {k:<24} {v:7.0f}")
+    n = _mem_child("probe", args.rows, args.window, True)
+    print(f"  same with the native-attention prototype: rollout {n['rollout']:.0f}, kl {n['kl']:.0f}, probe "
+          f"{n['probe']:.0f} (load {n['load_model']:.0f})")
+    c = _mem_child("calibrate", 32, args.window, False)
+    print(f"  calibrate, 32 prompts x 5 doses per round, window {args.window}: peak {c['calibrate (end)']:.0f} MB "
+          f"(load {c['load_model']:.0f}); native: ", end="")
+    cn = _mem_child("calibrate", 32, args.window, True)
+    print(f"{cn['calibrate (end)']:.0f} MB")
+
+
+# ------------------------------------------------------------------------------------------------ batching
+def cmd_batching(args):
+    import tl_isokl as ik
+    from native_attention import disable_native_attention, enable_native_attention
+    from tl_isokl.rollout import grid
+
+    model, vec = setup()
+    ids, prompts = ik.default_prompts(model, "heldout")
+    alphas = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0)
+    P, C, I = grid(prompts[:16], [a * C_STAR for a in alphas], ids[:16])
+    print(f"rollout, window {args.window}: 8 alpha cells of 16 rows one cell at a time (batch 16, the sweep today) "
+          f"vs all 128 rows in one decode batch:")
+    for native in (False, True):
+        (enable_native_attention if native else disable_native_attention)(model)
+        ik.rollout(model, vec, P[:2], C[:2], window=8)
+        t0 = time.perf_counter()
+        per_cell = []
+        for k in range(8):
+            sl = slice(16 * k, 16 * (k + 1))
+            r = ik.rollout(model, vec, P[sl], C[sl], prompt_ids=I[sl], window=args.window, batch_size=32)
+            per_cell += r
+        t_cells = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        together = ik.rollout(model, vec, P, C, prompt_ids=I, window=args.window, batch_size=128)
+        t_all = time.perf_counter() - t0
+        ntok = sum(r.length for r in together)
+        same = sum(a.tokens == b.tokens for a, b in zip(per_cell, together))
+        print(f"  {'native sdpa' if native else 'bridge eager'}: per cell {t_cells:6.2f} s ({ntok / t_cells:5.0f} "
+              f"tok/s), one batch of 128 {t_all:6.2f} s ({ntok / t_all:5.0f} tok/s): {t_cells / t_all:.2f}x; "
+              f"rows token-identical {same}/128")
+    disable_native_attention(model)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("what", choices=("profile", "native", "overhead", "memory", "batching", "all"))
+    ap.add_argument("--rows", type=int, default=16)
+    ap.add_argument("--window", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=64, help="decode steps timed by `overhead`")
+    ap.add_argument("--native", action="store_true", help="profile with the native-attention prototype")
+    ap.add_argument("--top", type=int, default=0, help="also print the top N functions by tottime")
+    args = ap.parse_args(argv)
+    todo = ("profile", "native", "overhead", "batching", "memory") if args.what == "all" else (args.what,)
+    for w in todo:
+        globals()[f"cmd_{w}"](args)
+        print()
+
+
+if __name__ == "__main__":
+    main()
