@@ -161,6 +161,35 @@ def test_inspect_tampered_vector_is_one_line(run_dir, tmp_path):
     one_line_error(invoke("inspect", copy), 1, "vector_sha256")
 
 
+def test_inspect_run_is_the_same_call_from_python(run_dir, reuse_model, tmp_path):
+    """`tl_isokl.deaths.inspect_run` without click: the same records and files as the command, and the same errors."""
+    from tl_isokl.deaths import DeathReport, inspect_run
+    from tl_isokl.errors import IsoKLError, RunDirError
+
+    seen = []
+    rep = inspect_run(run_dir, out=tmp_path / "py", radius=3, model=reuse_model, on_death=seen.append)
+    assert isinstance(rep, DeathReport) and rep.threshold == 0.75 and rep.radius == 3
+    assert [(d["row"], d["alpha"], d["death_t"]) for d in rep.deaths] == [(DEAD_ROW, 1.0, DEATH)]
+    assert seen == rep.deaths
+    assert [(r, ins.fate.time) for r, ins in rep.inspections] == [(DEAD_ROW, DEATH)]
+    assert rep.pages == [tmp_path / "py" / f"trace-r{DEAD_ROW:04d}.html"] and rep.pages[0].is_file()
+    assert (rep.index, rep.json, rep.csv) == tuple(tmp_path / "py" / n for n in ("index.html", "deaths.json",
+                                                                                  "deaths.csv"))
+    r = invoke("inspect", run_dir, "--out", tmp_path / "cli", "--radius", "3")
+    assert r.exit_code == 0, r.output
+    for name in ("deaths.json", "deaths.csv"):
+        assert (tmp_path / "cli" / name).read_text() == (tmp_path / "py" / name).read_text()
+
+    with pytest.raises(RunDirError, match="alpha 7 is not in"):
+        inspect_run(run_dir, alpha=7)
+    with pytest.raises(RunDirError, match="did not die"):
+        inspect_run(run_dir, index=0)
+    with pytest.raises(IsoKLError, match="not both"):
+        inspect_run(run_dir, model=reuse_model, model_name="other/model")
+    none = inspect_run(run_dir, alpha=0, out=tmp_path / "none", model_name="never/loaded")  # no deaths: no load
+    assert none.deaths == [] and none.inspections == [] and none.json.is_file()
+
+
 # ---- cosine -----------------------------------------------------------------------------------------------------
 
 
