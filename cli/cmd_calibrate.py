@@ -46,7 +46,6 @@ def run_calibration(model, vec, ids, prompts, *, window, target, stat, tol, batc
                     positions="all"):
     """Calibrate with a live round table; returns the result dict written to calibration.json."""
     from tl_isokl.calibrate import calibrate
-    from tl_isokl.io import sha256_json
 
     click.echo(f"calibrating {vec.method} L{vec.layer} on {len(prompts)} prompts, window {window}, "
                f"target {stat} = {target} nats")
@@ -67,11 +66,7 @@ def run_calibration(model, vec, ids, prompts, *, window, target, stat, tol, batc
     if sp["min"] is not None:
         click.echo(f"per-prompt c*: min {sp['min']:.4g}  median {sp['median']:.4g}  max {sp['max']:.4g}  "
                    f"(x{sp['ratio']:.3g} spread; {sp['not_bracketed']} prompt(s) never crossed the target)")
-    d = res.to_dict()
-    d["prompts"] = list(prompts)
-    d["prompts_sha256"] = sha256_json(list(prompts))
-    d["positions"] = positions
-    return d
+    return res.to_dict()
 
 
 @click.command("calibrate")

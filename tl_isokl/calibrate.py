@@ -18,44 +18,27 @@ import math
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from tl_isokl.errors import CalibrationError, IsoKLError, IsoKLWarning
+from tl_isokl.io import sha256_json
+from tl_isokl.statistics import statistic, summarize
 from tl_isokl.identity import calibration_identity, warn_reflection
 from tl_isokl.kl import per_token_kl
 from tl_isokl.records import Rollout
 from tl_isokl.rollout import grid, rollout
 from tl_isokl.vector import SteeringVector
 
-SUMMARY_QUANTILES = (50, 90, 95, 99)
-
-
 def parse_stat(stat: str) -> Callable[[np.ndarray], float]:
-    """'p95' (any quantile p0-p100, decimals allowed: 'p99.9'), 'max' or 'mean' -> function of a KL pool."""
-    s = str(stat).lower().strip()
-    if s == "max":
-        return lambda x: float(np.max(x)) if x.size else float("nan")
-    if s == "mean":
-        return lambda x: float(np.mean(x)) if x.size else float("nan")
-    if s.startswith("p"):
-        try:
-            q = float(s[1:])
-        except ValueError:
-            q = -1.0
-        if 0.0 <= q <= 100.0:
-            return lambda x: float(np.percentile(x, q)) if x.size else float("nan")
-    raise IsoKLError(f"unknown statistic {stat!r}; use a quantile like p95 or p99, or max, or mean")
+    """The calibration statistic by name (`tl_isokl.statistics`: p95, p99.9, max, mean, cvar95, registered ones)."""
+    return statistic(stat)
 
 
 def kl_stats(kl: np.ndarray) -> dict[str, float]:
-    """mean, p50, p90, p95, p99, max and n tokens of a KL pool."""
-    if kl.size == 0:
-        return {"mean": float("nan"), **{f"p{q}": float("nan") for q in SUMMARY_QUANTILES}, "max": float("nan"),
-                "n": 0}
-    return {"mean": float(kl.mean()), **{f"p{q}": float(np.percentile(kl, q)) for q in SUMMARY_QUANTILES},
-            "max": float(kl.max()), "n": int(kl.size)}
+    """mean, p50, p90, p95, p99, max and n tokens of a KL pool (`statistics.summarize`)."""
+    return summarize(kl)
 
 
 @dataclass
@@ -73,21 +56,34 @@ class CalibrationPoint:
 
 @dataclass
 class CalibrationResult:
+    """What a calibration found and what it was made with: the value `sweep` takes and calibration.json holds.
+
+    `to_dict()` / `from_dict()` round-trip through calibration.json (the per-token KL of each dose is dropped
+    unless asked for). `prompts` and `positions` travel with it, so a sweep can check that its held-out prompts
+    are disjoint and that it steers the same positions; `identity` is what `tl_isokl.identity` compares.
+    """
+
     c_star: float
     achieved: float
     target: float
     stat: str
     tol: float
-    converged: bool
+    converged: bool | None
     window: int
     history: list[CalibrationPoint]
     per_prompt_c_star: list[float | None]
     prompt_ids: list[str]
     rounds: int
     seconds: float
+    prompts: list[str] = field(default_factory=list)
+    positions: str = "all"
     # what was calibrated (model, vector, gate, positions, stat, target, tol, window, prompts, c bounds); a sweep
     # refuses a calibration whose identity does not match its own (tl_isokl.identity)
     identity: dict = field(default_factory=dict)
+
+    @property
+    def prompts_sha256(self) -> str | None:
+        return sha256_json(list(self.prompts)) if self.prompts else None
 
     def spread(self) -> dict[str, float | int | None]:
         """min / median / max of the per-prompt doses, and how many prompts never crossed the target."""
@@ -108,7 +104,28 @@ class CalibrationResult:
                 "tol": self.tol, "converged": self.converged, "window": self.window, "rounds": self.rounds,
                 "seconds": self.seconds, "per_prompt_c_star": self.per_prompt_c_star,
                 "per_prompt_spread": self.spread(), "prompt_ids": self.prompt_ids, "identity": self.identity,
+                "prompts": list(self.prompts), "prompts_sha256": self.prompts_sha256, "positions": self.positions,
                 "history": hist}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "CalibrationResult":
+        """Read back `to_dict()` (calibration.json). Lenient for a hand-made dict: only c_star is required;
+        missing fields are NaN / empty / None, and `converged` None means "not recorded"."""
+        if not isinstance(d, Mapping) or not isinstance(d.get("c_star"), (int, float)) or isinstance(
+                d.get("c_star"), bool):
+            raise IsoKLError("a calibration needs a numeric c_star; pass the calibration.json written by "
+                             "`tl-isokl calibrate` (or CalibrationResult.to_dict())")
+        nan = float("nan")
+        hist = [CalibrationPoint(**{k: h[k] for k in ("coeff", "value", "stats", "per_prompt", "round")},
+                                 kl=h.get("kl") or [], lengths=h.get("lengths") or [])
+                for h in d.get("history") or []]
+        num = lambda k: nan if d.get(k) is None else float(d[k])  # noqa: E731
+        return cls(c_star=float(d["c_star"]), achieved=num("achieved"), target=num("target"),
+                   stat=str(d.get("stat") or "p95"), tol=num("tol"), converged=d.get("converged"),
+                   window=int(d.get("window") or 0), history=hist,
+                   per_prompt_c_star=list(d.get("per_prompt_c_star") or []), prompt_ids=list(d.get("prompt_ids") or []),
+                   rounds=int(d.get("rounds") or 0), seconds=num("seconds"), prompts=list(d.get("prompts") or []),
+                   positions=str(d.get("positions") or "all"), identity=dict(d.get("identity") or {}))
 
 
 def _crossing(cs: Sequence[float], vs: Sequence[float], target: float) -> float | None:
@@ -200,6 +217,7 @@ def calibrate(
                                  stat=stat)
     best_point = next(p for p in history if p.coeff == best)
     res = _result(best_point, converged, history, target, stat, tol, window, prompts, pids, rnd, t0)
+    res.positions = positions
     res.identity = calibration_identity(model, vector, prompts, stat=stat, target=target, tol=tol, window=window,
                                         positions=positions, c_min=c_min, c_max=c_max)
     warn_reflection(vector, res.c_star)  # an ablation dose > 1 reflects the component: say so, once
@@ -306,4 +324,4 @@ def _result(best, converged, history, target, stat, tol, window, prompts, pids, 
         per_c.append(_crossing(cs, [p.per_prompt[i] for p in history], target))
     return CalibrationResult(c_star=best.coeff, achieved=best.value, target=target, stat=stat, tol=tol,
                              converged=converged, window=int(window), history=history, per_prompt_c_star=per_c,
-                             prompt_ids=pids, rounds=rnd, seconds=round(time.time() - t0, 2))
+                             prompt_ids=pids, rounds=rnd, seconds=round(time.time() - t0, 2), prompts=list(prompts))

@@ -189,7 +189,7 @@ def check_sweep_inputs(model, vector, calibration: Mapping[str, Any], *, positio
     """
     check_vector_model(vector, model, allow=allow_other_model, source="the vector")
     wanted = {**model_identity(model), **vector_identity(vector), "positions": positions}
-    checked = isinstance(calibration.get("identity"), dict)
+    checked = bool(calibration.get("identity"))  # an empty identity (a hand-made dict read back) is unknown
     if checked:
         check_calibration(calibration, wanted, source=source, fields=APPLIES,
                           fix="use a calibration made for this model, vector and --positions, or calibrate again")

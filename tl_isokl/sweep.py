@@ -11,7 +11,7 @@ import csv
 import io as _io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -19,7 +19,8 @@ from tl_isokl.errors import IsoKLError
 from tl_isokl.io import atomic_write_json, atomic_write_text, sha256_json
 from tl_isokl.kl import per_token_kl
 from tl_isokl.model import model_info
-from tl_isokl.probe import ProbeSpec, probe
+from tl_isokl.calibrate import CalibrationResult
+from tl_isokl.probe import AnswerProbe, Probe, ProbeSpec
 from tl_isokl.records import Trajectory, fate
 from tl_isokl.rollout import grid, rollout
 from tl_isokl.identity import check_run, check_sweep_inputs, clear_run, run_identity
@@ -64,24 +65,24 @@ class SweepConfig:
     c_star: float
     window: int
     threshold: float
-    spec: ProbeSpec
-    schedule: str | int
+    probe: Probe
     positions: str
     prompts: list[str]
     prompt_ids: list[str]
 
     def identity(self, model, vector: SteeringVector) -> dict[str, Any]:
         info = model_info(model)
+        probe = self.probe.to_dict()
         return {"model": info.get("name"), "revision": info.get("revision"), "dtype": info.get("dtype"),
                 "vector_sha256": vector.sha256, "c_star": self.c_star, "window": self.window,
-                "threshold": self.threshold, "probe": self.spec.to_dict(), "schedule": self.schedule,
+                "threshold": self.threshold, "probe": probe, "schedule": probe.get("schedule"),
                 "positions": self.positions, "prompts_sha256": sha256_json(self.prompts)}
 
 
 def sweep(
     model,
     vector: SteeringVector,
-    calibration: dict[str, Any],
+    calibration: CalibrationResult | Mapping[str, Any],
     prompts: Sequence[str],
     out: str | Path,
     *,
@@ -91,6 +92,7 @@ def sweep(
     threshold: float = 0.75,
     spec: ProbeSpec = ProbeSpec(),
     schedule: str | int = "log2",
+    probe: Probe | None = None,
     positions: str = "all",
     batch_size: int = 32,
     probe_batch_size: int = 8,
@@ -104,9 +106,11 @@ def sweep(
     """Run (or resume) the alpha sweep into run directory `out` and return the loaded Run.
 
     Args:
-        calibration: `CalibrationResult.to_dict()` (or a dict with at least "c_star", "target", "stat", and
-            "prompts" to check held-out disjointness).
+        calibration: the `CalibrationResult` of `calibrate` (or its dict form, calibration.json; a hand-made dict
+            needs at least "c_star", and without "identity" and "prompts" it cannot be checked).
         prompts: held-out prompts, disjoint from the calibration prompts.
+        probe: what is asked at each fork (`tl_isokl.probe.Probe`); default `AnswerProbe(spec, schedule)`, the
+            JSON true/false probe at log2 forks.
         progress: called as progress(stage, done, total) with stage in {"rollout", "kl", "probe"}.
         allow_unconverged: use a calibration with converged=False (refused otherwise; the manifest records it).
         allow_other_model: apply a vector whose metadata names another model (refused otherwise).
@@ -118,19 +122,20 @@ def sweep(
     """
     if not 0.0 < threshold <= 1.0:
         raise IsoKLError(f"threshold {threshold} must be in (0, 1]; it is a probability mass")
-    if "c_star" not in calibration:
-        raise IsoKLError("calibration has no c_star; pass a calibration.json written by `tl-isokl calibrate`")
+    cal = calibration if isinstance(calibration, CalibrationResult) else CalibrationResult.from_dict(calibration)
+    calibration = cal.to_dict()
     alphas = parse_alphas(alphas)
     prompts = list(prompts)
     if not prompts:
         raise IsoKLError("no held-out prompts given")
-    check_disjoint(prompts, calibration.get("prompts", []))
+    check_disjoint(prompts, cal.prompts)
     vector.check_model(model)
     allowed = check_sweep_inputs(model, vector, calibration, positions=positions,
                                  allow_unconverged=allow_unconverged, allow_other_model=allow_other_model)
     pids = list(prompt_ids) if prompt_ids is not None else [f"p{i:03d}" for i in range(len(prompts))]
-    cfg = SweepConfig(c_star=float(calibration["c_star"]), window=int(window), threshold=float(threshold),
-                      spec=spec, schedule=schedule, positions=positions, prompts=prompts, prompt_ids=pids)
+    probe = probe if probe is not None else AnswerProbe(spec, schedule)
+    cfg = SweepConfig(c_star=cal.c_star, window=int(window), threshold=float(threshold), probe=probe,
+                      positions=positions, prompts=prompts, prompt_ids=pids)
     ident = run_identity(cfg.identity(model, vector), calibration)
     rd = RunDir(out)
     if fresh:
@@ -146,8 +151,8 @@ def sweep(
         device=info.get("device"), layer=vector.layer, method=vector.method,
         gate=vector.gate.to_dict() if vector.gate else None, vector_sha256=vector.sha256,
         prompts_sha256=ident["prompts_sha256"], n_prompts=len(prompts), seed=seed, window=int(window),
-        threshold=float(threshold), alphas=list(alphas), c_star=cfg.c_star, target=calibration.get("target"),
-        stat=calibration.get("stat"), probe=spec.to_dict(), schedule=schedule, positions=positions,
+        threshold=float(threshold), alphas=list(alphas), c_star=cfg.c_star, target=cal.target,
+        stat=cal.stat, probe=ident["probe"], schedule=ident["schedule"], positions=positions,
         config_sha256=sha256_json(ident), identity=ident, **allowed,
         prompts=[{"id": i, "prompt": p} for i, p in zip(pids, prompts)],
         **(manifest_extra or {}), history={"alphas": list(todo)},
@@ -183,8 +188,8 @@ def run_cell(model, vector: SteeringVector, alpha: float, cfg: SweepConfig, *, b
     rolls = rollout(model, vector, P, C, prompt_ids=I, window=cfg.window, batch_size=batch_size,
                     positions=cfg.positions, progress=tick("rollout"))
     kls = per_token_kl(model, vector, rolls, batch_size=batch_size, positions=cfg.positions, progress=tick("kl"))
-    forks = probe(model, vector, rolls, spec=cfg.spec, schedule=cfg.schedule, batch_size=probe_batch_size,
-                  positions=cfg.positions, progress=tick("probe"))
+    forks = cfg.probe.measure(model, vector, rolls, batch_size=probe_batch_size, positions=cfg.positions,
+                              progress=tick("probe"))
     return [Trajectory.from_rollout(r, alpha=alpha, coeff=coeff, kl=k, forks=f) for r, k, f in zip(rolls, kls, forks)]
 
 

@@ -19,9 +19,7 @@ def cal(model, vec, splits):
     from tl_isokl.calibrate import calibrate
 
     prompts = [q.prompt for q in splits.calibration[:6]]
-    d = calibrate(model, vec, prompts, window=WINDOW).to_dict()
-    d["prompts"] = prompts
-    return d
+    return calibrate(model, vec, prompts, window=WINDOW)  # the value type itself: no dict patching
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +96,7 @@ def test_resume_refuses_a_different_configuration(model, vec, cal, heldout, run)
 
 def test_heldout_must_be_disjoint_from_calibration(model, vec, cal, tmp_path):
     with pytest.raises(IsoKLError, match="also appear in the calibration set"):
-        sweep(model, vec, cal, cal["prompts"][:2], tmp_path / "x", alphas=(0,), window=4)
+        sweep(model, vec, cal, cal.prompts[:2], tmp_path / "x", alphas=(0,), window=4)
 
 
 def test_parse_alphas():
@@ -106,3 +104,37 @@ def test_parse_alphas():
     for bad, msg in (("a,b", "comma-separated"), ("-1", "invalid"), ("", "no alphas"), ("1,1", "duplicates")):
         with pytest.raises(IsoKLError, match=msg):
             parse_alphas(bad)
+
+
+def test_calibration_result_carries_what_the_sweep_checks(cal, heldout, splits):
+    from tl_isokl.calibrate import CalibrationResult
+
+    assert cal.prompts == [q.prompt for q in splits.calibration[:6]] and cal.positions == "all"
+    assert cal.identity["prompts_sha256"] == cal.prompts_sha256
+    back = CalibrationResult.from_dict(cal.to_dict())
+    assert back.to_dict() == cal.to_dict()  # calibration.json round-trips
+
+
+def test_sweep_takes_a_probe_object(model, vec, cal, heldout, tmp_path):
+    """A user probe: it is what the sweep asks at forks, and its to_dict identifies the run."""
+    from tl_isokl.records import ForkProbe
+
+    class EveryFourTokens:
+        calls = 0
+
+        def measure(self, model, vector, rollouts, *, positions="all", batch_size=8, progress=None):
+            EveryFourTokens.calls += 1
+            # dies at fork 4 when steered, alive otherwise: a probe with nothing to do with JSON answers
+            return [[ForkProbe(t, 0.1 if (r.coeff > 0 and t >= 4) else 0.9, 0.0) for t in range(0, r.length, 4)]
+                    for r in rollouts]
+
+        def to_dict(self):
+            return {"kind": "every-four", "schedule": 4}
+
+    run = sweep(model, vec, cal, heldout[:2], tmp_path / "r", alphas=(0.0, 1.0), window=9,
+                probe=EveryFourTokens())
+    assert EveryFourTokens.calls == 2
+    fates = {a: [fate(t, run.threshold) for t in ts] for a, ts in run.by_alpha().items()}
+    assert [f.died for f in fates[0.0]] == [False, False]
+    assert all(f.died and f.time == 4 and f.interval == (0, 4) for f in fates[1.0] if f.died)
+    assert run.manifest["probe"] == {"kind": "every-four", "schedule": 4}
