@@ -36,7 +36,9 @@ def calibration_options(fn):
     fn = click.option("--tol", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05,
                       show_default=True, help="Relative tolerance: accept |stat - target| <= tol x target.")(fn)
     fn = click.option("--stat", default="p95", show_default=True,
-                      help="p<q> (any quantile), max or mean of pooled KL.")(fn)
+                      help="Statistic of the pooled per-token KL: p<q> (any quantile, e.g. p99.9), cvar<q> (mean "
+                           "of the tokens at or above the q-th percentile), max, mean, or a registered one "
+                           "(tl_isokl.statistics).")(fn)
     fn = click.option("--target-kl", "target", type=click.FloatRange(min=0, min_open=True), default=1.0,
                       show_default=True, help="Target value of the statistic, in nats.")(fn)
     return fn
@@ -93,14 +95,14 @@ def command(model_name, dtype, device, vector_path, method, layer, concept, gate
     Everything that needs no model is checked first (flags, the vector and prompt files, that --out is writable).
     A folder already holding a calibration with other settings, or a sweep, is refused unless --fresh.
     """
-    from tl_isokl.calibrate import parse_stat
+    from tl_isokl.statistics import statistic
     from tl_isokl.identity import FIX_RUN, calibration_identity, check_calibration, clear_run, same_model
     from tl_isokl.io import atomic_write_json
     from tl_isokl.model import model_info
     from tl_isokl.prompts import read_prompts
     from tl_isokl.rundir import RunDir, base_manifest, merge_manifest
 
-    parse_stat(stat)  # fail on a bad --stat before loading anything
+    statistic(stat)  # fail on a bad --stat before loading anything
     check_bounds(c_min, c_max)
     file_vec = early_vector(vector_path, method, layer, concept, gate, tau)
     if prompts_path is not None:

@@ -54,7 +54,7 @@ def command(model_name, dtype, device, vector_path, method, layer, concept, gate
     refused with one line naming each differing field; --fresh deletes the folder's tl-isokl files first.
     Everything that needs no model (flags, files, a writable --out) is checked before the model loads.
     """
-    from tl_isokl.calibrate import parse_stat
+    from tl_isokl.statistics import statistic
     from tl_isokl.identity import (APPLIES, FIX_RUN, calibration_identity, check_calibration, check_converged,
                                    clear_run, heldout_transfer, reuse_vector, transfer_message)
     from tl_isokl.io import read_json, sha256_json
@@ -66,7 +66,7 @@ def command(model_name, dtype, device, vector_path, method, layer, concept, gate
 
     # ---- everything that needs no model
     alpha_list = parse_alphas(alphas)
-    parse_stat(stat)
+    statistic(stat)
     check_bounds(c_min, c_max)
     if schedule != "log2":
         try:

@@ -31,16 +31,6 @@ from tl_isokl.records import Rollout
 from tl_isokl.rollout import grid, rollout
 from tl_isokl.vector import SteeringVector
 
-def parse_stat(stat: str) -> Callable[[np.ndarray], float]:
-    """The calibration statistic by name (`tl_isokl.statistics`: p95, p99.9, max, mean, cvar95, registered ones)."""
-    return statistic(stat)
-
-
-def kl_stats(kl: np.ndarray) -> dict[str, float]:
-    """mean, p50, p90, p95, p99, max and n tokens of a KL pool (`statistics.summarize`)."""
-    return summarize(kl)
-
-
 @dataclass
 class CalibrationPoint:
     """One evaluated dose: pooled statistics, the target statistic, and each prompt's own statistic and KL."""
@@ -178,7 +168,7 @@ def calibrate(
     Raises:
         CalibrationError: the target is not reached between c_min and c_max (message gives the closest points).
     """
-    stat_fn = parse_stat(stat)
+    stat_fn = statistic(stat)
     if not target > 0:
         raise IsoKLError(f"target KL must be > 0 nats, got {target}")
     if not 0 < tol < 1:  # relative: an absolute tolerance meant 57% error at a 0.01-nat target
@@ -204,7 +194,7 @@ def calibrate(
         for k, c in enumerate(cs):
             per = kls[k * n: (k + 1) * n]
             pool = np.concatenate(per) if per else np.zeros(0, np.float32)
-            pts.append(CalibrationPoint(coeff=float(c), value=stat_fn(pool), stats=kl_stats(pool),
+            pts.append(CalibrationPoint(coeff=float(c), value=stat_fn(pool), stats=summarize(pool),
                                         per_prompt=[stat_fn(x) for x in per], round=rnd,
                                         kl=[x.tolist() for x in per], lengths=[len(x) for x in per]))
         history.extend(pts)

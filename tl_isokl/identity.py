@@ -244,9 +244,8 @@ def heldout_transfer(run, alpha: float = 1.0) -> dict[str, Any] | None:
     None when the run has no such cell or no calibration statistic. `off` is True when the value is more than 2x
     away from the target in either direction: the calibration did not transfer to the held-out prompts/window.
     """
-    import numpy as np
-
-    from tl_isokl.calibrate import parse_stat
+    from tl_isokl.statistics import pool as kl_pool
+    from tl_isokl.statistics import statistic
 
     cal = run.calibration or {}
     stat, target = cal.get("stat"), cal.get("target")
@@ -256,11 +255,10 @@ def heldout_transfer(run, alpha: float = 1.0) -> dict[str, Any] | None:
     if not ts:
         return None
     try:
-        fn = parse_stat(stat)
+        fn = statistic(stat)
     except IsoKLError:
         return None
-    pool = np.concatenate([np.asarray(t.kl, float) for t in ts])
-    pool = pool[np.isfinite(pool)]
+    pool = kl_pool(t.kl for t in ts)
     value = fn(pool)
     ratio = value / target if target else float("nan")
     off = bool(math.isfinite(ratio) and (ratio > 2.0 or ratio < 0.5)) or not math.isfinite(value)

@@ -24,6 +24,7 @@ from tl_isokl.probe import AnswerProbe, Probe, ProbeSpec
 from tl_isokl.records import Trajectory, fate
 from tl_isokl.rollout import grid, rollout
 from tl_isokl.identity import check_run, check_sweep_inputs, clear_run, run_identity
+from tl_isokl.statistics import pool, summarize
 from tl_isokl.rundir import Run, RunDir, alpha_key, base_manifest, merge_manifest
 from tl_isokl.vector import SteeringVector
 
@@ -200,16 +201,13 @@ def summary_rows(run: Run) -> list[dict[str, Any]]:
     rows = []
     for a, ts in run.by_alpha().items():
         fs = [fate(t, run.threshold) for t in ts]
-        pool = np.concatenate([np.asarray(t.kl, float) for t in ts]) if ts else np.zeros(0)
-        pool = pool[np.isfinite(pool)]
+        kl = summarize(pool(t.kl for t in ts), ("p50", "p95", "max"))
         med = kaplan_meier(fs, alpha=a).median()
         rows.append({
             "alpha": a, "coeff": ts[0].coeff if ts else float("nan"), "n": len(ts),
             "died": sum(f.died for f in fs), "censored": sum(not f.died for f in fs),
             "censored_eos": sum((not f.died) and f.eos for f in fs),
-            "kl_p50": float(np.percentile(pool, 50)) if pool.size else float("nan"),
-            "kl_p95": float(np.percentile(pool, 95)) if pool.size else float("nan"),
-            "kl_max": float(pool.max()) if pool.size else float("nan"),
+            "kl_p50": kl["p50"], "kl_p95": kl["p95"], "kl_max": kl["max"],
             "median_death_token": med if med is not None else "not reached",
             "median_death_after": _interval_start(fs, med),
         })

@@ -2,11 +2,10 @@
 
 import math
 
-import numpy as np
 import pytest
 
-from tl_isokl.calibrate import _crossing, _loglog_secant, kl_stats, parse_stat, solve
-from tl_isokl.errors import CalibrationError, IsoKLError, IsoKLWarning
+from tl_isokl.calibrate import _crossing, _loglog_secant, solve
+from tl_isokl.errors import CalibrationError, IsoKLWarning
 
 
 def run(curve, **kw):
@@ -69,19 +68,6 @@ def test_loglog_secant_and_crossing_by_hand():
     assert _loglog_secant(0.5, 0.0, 4.0, 4.0, 1.0) == pytest.approx(2.0)
     assert _crossing([1, 4, 8], [0.25, 4.0, 9.0], 1.0) == pytest.approx(2.0)
     assert _crossing([1, 4], [0.1, 0.2], 1.0) is None
-
-
-def test_parse_stat_matches_numpy():
-    x = np.random.default_rng(0).exponential(size=1000)
-    assert parse_stat("p95")(x) == pytest.approx(np.percentile(x, 95))
-    assert parse_stat("p99.9")(x) == pytest.approx(np.percentile(x, 99.9))
-    assert parse_stat("max")(x) == x.max() and parse_stat("mean")(x) == pytest.approx(x.mean())
-    for bad in ("p101", "q95", "median", ""):
-        with pytest.raises(IsoKLError, match="unknown statistic"):
-            parse_stat(bad)
-    s = kl_stats(x)
-    assert s["n"] == 1000 and s["p50"] == pytest.approx(np.median(x))
-    assert math.isnan(kl_stats(np.zeros(0))["p95"])
 
 
 def test_non_monotone_curve_picks_the_first_crossing_not_a_later_branch():
