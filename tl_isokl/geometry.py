@@ -5,15 +5,25 @@ same tokens give cos[layer, token] for both. The base profile shows where the co
 direction was extracted at one layer; is it present above and below?); the steered profile shows what the
 intervention does downstream (the steered layer jumps by construction; later layers show how much survives the
 blocks that follow). A zero residual (e.g. a zero-initialised embedding row) gets cosine 0, not NaN.
+
+`cosine_report` is `tl-isokl cosine` as one call: the dose (a coefficient, or alpha x a calibration's c*), the text
+(default: a held-out prompt), the profile, and cosine.png + cosine.json in an output folder.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from tl_isokl.errors import IsoKLError
+
+
+class PromptIndexError(IsoKLError):
+    """A held-out prompt index beyond the model's held-out set."""
 
 
 def resid_post_names(model) -> list[str]:
@@ -120,3 +130,151 @@ def format_profile(profile: dict[str, Any]) -> str:
 def profile_to_json(profile: dict[str, Any]) -> dict[str, Any]:
     """JSON-able copy (arrays as nested lists)."""
     return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in profile.items()}
+
+
+# ------------------------------------------------------------------------------------ `tl-isokl cosine` as one call
+
+
+@dataclass
+class CosineReport:
+    """What `cosine_report` computed and wrote: the profile (see `cosine_profile`), the text and where it came
+    from, the steered coefficient and how it was chosen, and the two files."""
+
+    profile: dict[str, Any]
+    text: str
+    source: str
+    coeff: float
+    coeff_from: str
+    png: Path
+    json: Path
+
+
+def _calibration(calibration: Mapping[str, Any] | str | Path | Any) -> tuple[dict[str, Any], str]:
+    """(calibration.json content, how to name it in messages) from a path, a dict or a CalibrationResult."""
+    if isinstance(calibration, (str, Path)):
+        from tl_isokl.io import read_json
+
+        return read_json(calibration, kind=dict), str(calibration)  # malformed: one line naming the file
+    if hasattr(calibration, "to_dict"):
+        return calibration.to_dict(), "the calibration"
+    return dict(calibration), "the calibration"
+
+
+def steered_coeff(*, coeff: float | None = None, alpha: float | None = None,
+                  calibration: Mapping[str, Any] | str | Path | Any = None) -> tuple[float, str]:
+    """The steered run's coefficient and how it was chosen: `coeff` (default 0: steered == base), or `alpha` times
+    the c* of `calibration` (a calibration.json path, its dict, or a CalibrationResult). Needs no model.
+
+    Raises:
+        IsoKLError: both coeff and alpha, alpha without a calibration (or the reverse), a calibration without a
+            numeric c_star or without a recorded identity, a non-finite coeff.
+    """
+    if coeff is not None and alpha is not None:
+        raise IsoKLError("pass either coeff or alpha (with a calibration), not both")
+    if (alpha is None) != (calibration is None):
+        raise IsoKLError("alpha and calibration go together: alpha is in units of the calibration's c*")
+    if alpha is not None:
+        from tl_isokl.identity import check_calibration
+
+        cal, source = _calibration(calibration)
+        c_star = cal.get("c_star")
+        if not isinstance(c_star, (int, float)) or isinstance(c_star, bool):
+            raise IsoKLError(f"{source} is not a calibration.json with a numeric c_star; write one with "
+                             f"`tl-isokl calibrate`")
+        check_calibration(cal, {}, source=source, fix="recalibrate with `tl-isokl calibrate`")
+        return alpha * float(c_star), f"alpha {alpha:g} x c* {float(c_star):.6g}"
+    c = 0.0 if coeff is None else float(coeff)
+    if not math.isfinite(c):
+        raise IsoKLError(f"coeff {coeff} is not a finite number")
+    return c, "coeff given" if coeff is not None else "no --coeff: steered == base"
+
+
+def recorded_model(calibration: Mapping[str, Any] | str | Path | Any = None,
+                   vector: Any = None) -> tuple[str | None, str | None]:
+    """(name, revision) of the model a calibration's identity or else a vector's metadata records; (None, None)
+    when neither records one or it is the embedded test bed (loaded by default anyway)."""
+    from tl_isokl.model import EMBEDDED_NAME
+
+    ident = (_calibration(calibration)[0] if calibration is not None else {}).get("identity") or {}
+    meta = vector.meta if vector is not None else {}
+    name = ident.get("model") or meta.get("model")
+    if not name or name == EMBEDDED_NAME:
+        return None, None
+    return name, ident.get("revision") or meta.get("revision")
+
+
+def default_cosine_out(model, vector) -> Path:
+    """runs/cosine-<model>-<method>-L<layer>: where `cosine_report` writes without `out`."""
+    import re
+
+    from tl_isokl.model import model_info
+
+    name = str(model_info(model).get("name"))
+    name = Path(name).name if Path(name).is_absolute() else name  # same slug rule as the CLI's default --out
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
+    return Path("runs") / f"cosine-{slug}-{vector.method}-L{vector.layer}"
+
+
+def cosine_report(
+    model,
+    vector,
+    *,
+    text: str | None = None,
+    prompt_index: int | None = None,
+    coeff: float | None = None,
+    alpha: float | None = None,
+    calibration: Mapping[str, Any] | str | Path | Any = None,
+    out: str | Path | None = None,
+) -> CosineReport:
+    """Profile `text` (default: held-out prompt `prompt_index`, 0) base vs steered, write cosine.png and
+    cosine.json into `out` (default `default_cosine_out`), and return what was computed.
+
+    Args:
+        coeff, alpha, calibration: the steered dose, see `steered_coeff`. A calibration must have been made for
+            this model and vector (its identity is checked; positions excepted, the profile steers every token).
+
+    Raises:
+        IsoKLError: see `steered_coeff`; both text and prompt_index; IdentityError: a calibration made for
+            another model or vector; PromptIndexError: prompt_index beyond the held-out set.
+    """
+    from tl_isokl.figures.cosine import cosine_heatmap
+    from tl_isokl.io import atomic_write_bytes, atomic_write_json
+    from tl_isokl.model import model_info
+
+    if text is not None and prompt_index is not None:
+        raise IsoKLError("pass either text or prompt_index, not both")
+    c, how = steered_coeff(coeff=coeff, alpha=alpha, calibration=calibration)
+    if calibration is not None:
+        from tl_isokl.identity import APPLIES, check_calibration, model_identity, vector_identity
+
+        cal, source = _calibration(calibration)
+        check_calibration(cal, {**model_identity(model), **vector_identity(vector)}, source=source,
+                          fields=[f for f in APPLIES if f != "positions"],
+                          fix="pass the --vector and --model it was made with")
+    source = "--text"
+    if text is None:
+        from tl_isokl.prompt_sets import default_prompts
+
+        ids, prompts = default_prompts(model, "heldout")
+        i = 0 if prompt_index is None else int(prompt_index)
+        if not 0 <= i < len(prompts):
+            raise PromptIndexError(f"{i} is out of range: the held-out set has prompts 0..{len(prompts) - 1}")
+        text, source = prompts[i], f"held-out prompt {i} ({ids[i]})"
+    prof = cosine_profile(model, vector, text, coeff=c)
+    out = Path(out) if out is not None else default_cosine_out(model, vector)
+    png = atomic_write_bytes(out / "cosine.png", _png(cosine_heatmap(prof)))
+    info = model_info(model)
+    js = atomic_write_json(out / "cosine.json", {
+        **profile_to_json(prof), "text": text, "source": source, "coeff_from": how, "model": info.get("name"),
+        "revision": info.get("revision"), "vector_sha256": vector.sha256, "gated": vector.gate is not None})
+    return CosineReport(profile=prof, text=text, source=source, coeff=c, coeff_from=how, png=png, json=js)
+
+
+def _png(fig) -> bytes:
+    import io as _io
+
+    from tl_isokl.report import DPI
+
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    return buf.getvalue()

@@ -108,3 +108,50 @@ def test_heatmap_draws_both_panels_with_a_symmetric_scale(model, vec):
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=60)
     assert buf.getvalue()[:4] == b"\x89PNG"
+
+
+# ---- cosine_report: `tl-isokl cosine` as one call ---------------------------------------------------------------
+
+
+def test_cosine_report_writes_png_and_json_and_matches_the_profile(model, vec, tmp_path):
+    import json
+
+    from tl_isokl.geometry import cosine_report
+
+    rep = cosine_report(model, vec, text=TEXT, coeff=2.0, out=tmp_path)
+    assert (rep.coeff, rep.coeff_from, rep.source, rep.text) == (2.0, "coeff given", "--text", TEXT)
+    assert rep.png == tmp_path / "cosine.png" and rep.png.read_bytes()[:4] == b"\x89PNG"
+    js = json.loads(rep.json.read_text())
+    assert js["vector_sha256"] == vec.sha256 and js["coeff_from"] == "coeff given" and js["gated"] is False
+    np.testing.assert_array_equal(np.asarray(js["steered"]), cosine_profile(model, vec, TEXT, coeff=2.0)["steered"])
+    first = cosine_report(model, vec, out=tmp_path / "default-text")  # no text: held-out prompt 0, coeff 0
+    assert first.source.startswith("held-out prompt 0") and first.coeff == 0.0
+    np.testing.assert_array_equal(first.profile["base"], first.profile["steered"])
+
+
+def test_cosine_report_dose_from_a_calibration(model, vec, tmp_path):
+    from tl_isokl.errors import IsoKLError
+    from tl_isokl.geometry import PromptIndexError, cosine_report, steered_coeff
+    from tl_isokl.identity import IdentityError, calibration_identity
+
+    ident = calibration_identity(model, vec, ["p"], stat="p95", target=1.0, tol=0.05, window=8, positions="all",
+                                 c_min=1e-4, c_max=1e4)
+    cal = {"c_star": 1.5, "identity": ident}
+    assert steered_coeff(alpha=2.0, calibration=cal) == (3.0, "alpha 2 x c* 1.5")
+    assert steered_coeff() == (0.0, "no --coeff: steered == base")
+    rep = cosine_report(model, vec, text=TEXT, alpha=2.0, calibration=cal, out=tmp_path)
+    assert rep.coeff == 3.0 and rep.profile["coeff"] == 3.0
+    for kw, err, needle in [
+        (dict(coeff=1.0, alpha=1.0, calibration=cal), IsoKLError, "not both"),
+        (dict(alpha=1.0), IsoKLError, "go together"),
+        (dict(coeff=float("inf")), IsoKLError, "finite"),
+        (dict(alpha=1.0, calibration={"target": 1.0}), IsoKLError, "numeric c_star"),
+        (dict(alpha=1.0, calibration={"c_star": 1.0}), IdentityError, "records no identity"),
+        (dict(alpha=1.0, calibration={"c_star": 1.0, "identity": {**ident, "layer": ident["layer"] + 1}}),
+         IdentityError, "layer"),
+        (dict(prompt_index=10_000), PromptIndexError, "out of range"),
+        (dict(text=TEXT, prompt_index=0), IsoKLError, "not both"),
+    ]:
+        with pytest.raises(err, match=needle):
+            cosine_report(model, vec, out=tmp_path / "bad", **kw)
+    assert not (tmp_path / "bad").exists()  # every refusal comes before a file is written
