@@ -338,22 +338,14 @@ def clear_run(path: str | Path) -> list[Path]:
     the circuitsvis bundle), and leftover atomic-write temp files of those names. Folders are removed only if
     they end up empty. Any other file (notes, other tools' outputs) stays, and so does its folder.
     """
-    from tl_isokl.figures.tokens_html import BUNDLE_NAME
-    from tl_isokl.report import FIGURES, REPORT
-    from tl_isokl.rundir import CALIBRATION, CELLS, MANIFEST, VECTOR
+    from tl_isokl.rundir import RunDir
 
     root = Path(path)
     if not root.exists():
         return []
     if not root.is_dir():
         raise RunDirError(f"{root} is not a folder; pass a run directory as --out")
-    top = [MANIFEST, CALIBRATION, VECTOR, "forks.csv", "summary.csv", REPORT]
-    plan: list[tuple[Path, list[str]]] = [
-        (root, top),
-        (root / CELLS, ["alpha=*.jsonl"]),
-        (root / "figures", list(FIGURES.values())),
-        (root / "inspect", ["index.html", "trace-r*.html", "deaths.json", "deaths.csv", BUNDLE_NAME]),
-    ]
+    plan = RunDir(root).owned_files()
     removed: list[Path] = []
     for folder, patterns in plan:
         if not folder.is_dir() or folder.is_symlink():

@@ -13,21 +13,15 @@ from typing import Any, Iterable, Sequence
 
 from tl_isokl.identity import run_notes
 from tl_isokl.io import atomic_write_bytes, atomic_write_text
-from tl_isokl.rundir import RunDir, load_run
+from tl_isokl.rundir import FIGURES, FIGURES_DIR, RunDir, load_run
 from tl_isokl.survival import kl_summary, km_curves, run_window, survival_table
 
-REPORT = "report.md"
-FIGURES = {
-    "spaghetti_raw": "spaghetti_raw.png",
-    "spaghetti_normalised": "spaghetti_normalised.png",
-    "survival": "survival.png",
-}
 DPI = 160
 
 
 def figure_paths(run_dir: str | Path) -> list[Path]:
     """Where `draw_figures` puts its PNGs (they may not exist yet)."""
-    return [RunDir(run_dir).figures / name for name in FIGURES.values()]
+    return [RunDir(run_dir).figure_path(key) for key in FIGURES]
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -137,7 +131,7 @@ def write_report(run_dir: str | Path) -> Path:
     run = load_run(run_dir)
     rows = survival_table(run)
     kl = [s.to_dict() for s in kl_summary(run)]
-    figs = "\n".join(f"![{key}](figures/{name})" for key, name in FIGURES.items())
+    figs = "\n".join(f"![{key}]({FIGURES_DIR}/{name})" for key, name in FIGURES.items())
     text = "\n".join([
         f"# tl-isokl report: `{Path(run.path).name}`\n",
         _section("Run", [markdown_table(_manifest_rows(run.manifest), ["field", "value"])]),
@@ -166,4 +160,4 @@ def write_report(run_dir: str | Path) -> Path:
         ]),
         _section("Figures", [figs]),
     ])
-    return atomic_write_text(Path(run_dir) / REPORT, text)
+    return atomic_write_text(RunDir(run_dir).report_path, text)

@@ -8,9 +8,13 @@ Layout (all JSON is UTF-8, NaN written as null)::
       vector.safetensors     the steering vector used (safetensors + JSON metadata, never pickle)
       cells/alpha=<a>.jsonl  one Trajectory per line (see tl_isokl.records); a file exists only once its
                              alpha cell finished, which is what makes `sweep` resumable
-      forks.csv              row, prompt_id, alpha, t, pmass, p_true, alive      (derived, rewritten at the end)
+      forks.csv              row, prompt_id, alpha, t, pmass, p_true, alive, death interval (derived)
       summary.csv            per alpha: n, died, censored, KL p50/p95/max, median death token (derived)
+      report.md              `tl-isokl report`: identity, calibration, survival and KL tables, caveats
       figures/               PNGs drawn by `tl-isokl plot` from the files above
+      inspect/               `tl-isokl inspect`: index.html, trace-r<row>.html, deaths.json / deaths.csv
+
+Every one of these names is known here and nowhere else: other modules ask `RunDir` for paths.
 """
 
 from __future__ import annotations
@@ -30,6 +34,17 @@ MANIFEST = "manifest.json"
 CALIBRATION = "calibration.json"
 VECTOR = "vector.safetensors"
 CELLS = "cells"
+FORKS = "forks.csv"
+SUMMARY = "summary.csv"
+REPORT = "report.md"
+FIGURES_DIR = "figures"
+FIGURES = {
+    "spaghetti_raw": "spaghetti_raw.png",
+    "spaghetti_normalised": "spaghetti_normalised.png",
+    "survival": "survival.png",
+}
+INSPECT_DIR = "inspect"
+INSPECT_FILES = ("index.html", "trace-r*.html", "deaths.json", "deaths.csv", "circuitsvis.iife.js")
 
 
 def alpha_key(alpha: float) -> str:
@@ -153,7 +168,28 @@ class RunDir:
 
     @property
     def figures(self) -> Path:
-        return self.path / "figures"
+        return self.path / FIGURES_DIR
+
+    def figure_path(self, key: str) -> Path:
+        """Path of figure `key` ("spaghetti_raw", "spaghetti_normalised", "survival")."""
+        return self.figures / FIGURES[key]
+
+    @property
+    def forks_path(self) -> Path:
+        return self.path / FORKS
+
+    @property
+    def summary_path(self) -> Path:
+        return self.path / SUMMARY
+
+    @property
+    def report_path(self) -> Path:
+        return self.path / REPORT
+
+    @property
+    def inspect_dir(self) -> Path:
+        """Default folder of `tl-isokl inspect` pages (index.html, trace-r*.html, deaths.json/csv)."""
+        return self.path / INSPECT_DIR
 
     def cell_path(self, alpha: float) -> Path:
         return self.path / CELLS / f"alpha={alpha_key(alpha)}.jsonl"
@@ -165,8 +201,15 @@ class RunDir:
         """One alpha's trajectories, atomically; with `threshold`, each line also carries its fate (derived)."""
         return atomic_write_jsonl(self.cell_path(alpha), [t.to_dict(threshold) for t in trajectories])
 
-    def read_cell(self, alpha: float) -> list[Trajectory]:
-        return _read_cell(self.cell_path(alpha))
+    def owned_files(self) -> list[tuple[Path, list[str]]]:
+        """(folder, glob patterns) of every file tl-isokl writes into a run directory: what `--fresh` may remove,
+        and nothing else."""
+        return [
+            (self.path, [MANIFEST, CALIBRATION, VECTOR, FORKS, SUMMARY, REPORT]),
+            (self.path / CELLS, ["alpha=*.jsonl"]),
+            (self.figures, list(FIGURES.values())),
+            (self.inspect_dir, list(INSPECT_FILES)),
+        ]
 
     def write_manifest(self, manifest: dict[str, Any]) -> Path:
         return atomic_write_json(self.manifest_path, manifest)

@@ -245,8 +245,9 @@ def write_tables(run: Run) -> None:
             forks.append({"row": row, "prompt_id": t.prompt_id, "alpha": t.alpha, "t": f.t, "pmass": f.pmass,
                           "p_true": f.p_true, "alive": int(f.alive(run.threshold)),
                           "last_alive_fork": "" if lo is None else lo, "death_fork": hi})
-    atomic_write_text(run.path / "forks.csv", _csv(forks))
-    atomic_write_text(run.path / "summary.csv", _csv(summary_rows(run)))
+    rd = RunDir(run.path)
+    atomic_write_text(rd.forks_path, _csv(forks))
+    atomic_write_text(rd.summary_path, _csv(summary_rows(run)))
 
 
 def _median_text(r: dict[str, Any]) -> str:

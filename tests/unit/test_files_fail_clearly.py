@@ -136,3 +136,12 @@ def test_safetensors_without_our_metadata(tmp_path):
     save_file({"direction": torch.ones(4)}, str(p))
     with pytest.raises(IsoKLError, match="no tl_isokl metadata"):
         SteeringVector.load(p)
+
+
+def test_run_directory_layout_names_the_html_bundle_it_owns():
+    """RunDir.owned_files is what --fresh may delete: it must cover the circuitsvis bundle inspect writes."""
+    from tl_isokl.figures.tokens_html import BUNDLE_NAME
+    from tl_isokl.rundir import RunDir
+
+    owned = dict(RunDir("R").owned_files())
+    assert BUNDLE_NAME in owned[RunDir("R").inspect_dir]
