@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from tl_isokl_cli.common import check_concept, concept_sets, load, model_options
+from tl_isokl_cli.common import GATE, METHOD, METHOD_HELP, check_concept, concept_sets, load, model_options
 from tl_isokl_cli.main import friendly_errors
 
 PROMPT_FILE = click.Path(dir_okay=False, path_type=Path, exists=True)
@@ -14,8 +14,8 @@ PROMPT_FILE = click.Path(dir_okay=False, path_type=Path, exists=True)
 
 @click.command("extract")
 @model_options
-@click.option("--method", type=click.Choice(["mean_diff", "pca", "directional_ablation"]), default="mean_diff",
-              show_default=True, help="How the direction is made from the two sets.")
+@click.option("--method", type=METHOD, default="mean_diff", show_default=True,
+              help=f"How the direction is made from the two sets and later applied: {METHOD_HELP}")
 @click.option("--layer", type=click.IntRange(min=0), default=None,
               help="Block whose resid_post is read and later steered (default: the middle block).")
 @click.option("--pos", "pos_path", type=PROMPT_FILE, default=None, metavar="FILE",
@@ -27,8 +27,7 @@ PROMPT_FILE = click.Path(dir_okay=False, path_type=Path, exists=True)
 @click.option("--token", type=click.Choice(["last", "mean"]), default="last", show_default=True,
               help="Residual of the last prompt token, or the mean over the prompt's tokens after BOS.")
 @click.option("--unit", is_flag=True, help="Scale the direction to norm 1 (default: norm of the mean difference).")
-@click.option("--gate", type=click.Choice(["soft", "hard", "sign"]), default=None,
-              help="Store a per-token cosine gate with the vector.")
+@click.option("--gate", type=GATE, default=None, help="Store a per-token cosine gate with the vector.")
 @click.option("--tau", type=click.FloatRange(-1.0, 1.0), default=None, help="Cosine threshold of --gate (default 0).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, metavar="FILE",

@@ -8,8 +8,79 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
+from typing import Callable, Iterable
 
 import click
+
+
+class RegistryChoice(click.Choice):
+    """A click.Choice whose names come from a library registry, read the first time they are needed (a value to
+    check, --help to render), not at import: the registries import torch, and `tl-isokl --help` must not."""
+
+    def __init__(self, names: Callable[[], Iterable[str]], case_sensitive: bool = True):
+        self._names = names
+        self._choices: tuple[str, ...] | None = None
+        self.case_sensitive = case_sensitive
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        if self._choices is None:
+            self._choices = tuple(self._names())
+        return self._choices
+
+
+def _method_names() -> list[str]:
+    from tl_isokl.methods import method_choices
+
+    return method_choices()
+
+
+def _gate_names() -> list[str]:
+    from tl_isokl.methods import GATES
+
+    return list(GATES)
+
+
+METHOD = RegistryChoice(_method_names)  # every EXTRACTOR[+OPERATOR] of tl_isokl.methods
+GATE = RegistryChoice(_gate_names)  # tl_isokl.methods.GATES
+METHOD_HELP = ("EXTRACTOR (applied additively) or EXTRACTOR+OPERATOR, e.g. pca+ablate; directional_ablation = "
+               "mean_diff+ablate.")
+
+
+class LazyHelpOption(click.Option):
+    """An option whose help text is built when --help is rendered (from a registry), not at import."""
+
+    def __init__(self, *args, help_fn: Callable[[], str], **kwargs):
+        super().__init__(*args, **kwargs)
+        self._help_fn = help_fn
+
+    def get_help_record(self, ctx):
+        if self.help is None:
+            self.help = self._help_fn()
+        return super().get_help_record(ctx)
+
+
+def _stat_help() -> str:
+    from tl_isokl.statistics import choices
+
+    return f"Statistic of the pooled per-token KL that must meet the target: {choices()}."
+
+
+def _check_stat(ctx, param, value):
+    from tl_isokl.errors import IsoKLError
+    from tl_isokl.statistics import statistic
+
+    try:
+        statistic(value)
+    except IsoKLError as e:
+        raise click.BadParameter(str(e), ctx=ctx, param=param) from None
+    return value
+
+
+def stat_option(fn):
+    """--stat, checked by `tl_isokl.statistics.statistic` and documented from its registry."""
+    return click.option("--stat", default="p95", show_default=True, metavar="NAME", cls=LazyHelpOption,
+                        help_fn=_stat_help, callback=_check_stat)(fn)
 
 
 def model_options(fn):
@@ -31,15 +102,14 @@ def vector_options(fn):
     """--vector FILE, or --method/--layer/--concept to extract one on the fly; plus an optional gate."""
     fn = click.option("--tau", type=click.FloatRange(-1.0, 1.0), default=None,
                       help="Cosine threshold of --gate (default 0); refused without --gate.")(fn)
-    fn = click.option("--gate", type=click.Choice(["soft", "hard", "sign"]), default=None,
-                      help="Wrap the method in a per-token cosine gate.")(fn)
+    fn = click.option("--gate", type=GATE, default=None, help="Wrap the method in a per-token cosine gate.")(fn)
     fn = click.option("--concept", default="cheerful/gloomy", show_default=True, metavar="POS/NEG",
                       help="Shipped contrastive sets used when extracting (test bed: cheerful, gloomy, animal, "
                            "machine).")(fn)
     fn = click.option("--layer", type=click.IntRange(min=0), default=None,
                       help="Block whose resid_post is steered (default: the middle block).")(fn)
-    fn = click.option("--method", type=click.Choice(["mean_diff", "pca", "directional_ablation"]),
-                      default="mean_diff", show_default=True, help="Extraction method when no --vector is given.")(fn)
+    fn = click.option("--method", type=METHOD, default="mean_diff", show_default=True,
+                      help=f"Steering method when no --vector is given: {METHOD_HELP}")(fn)
     fn = click.option("--vector", "vector_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
                       default=None, help="A vector file from `tl-isokl extract` (then --method/--layer/--concept "
                                          "are refused: the file fixes them).")(fn)

@@ -78,6 +78,18 @@ def test_prompt_files_method_layer_gate_unit(tmp_path, reuse_model):
     assert v.meta["pos_source"].endswith("pos.txt")
 
 
+@pytest.mark.parametrize("method, unit", [("pca+ablate", True), ("random", False)])
+def test_registry_methods_beyond_the_original_three(tmp_path, reuse_model, method, unit):
+    """--method comes from tl_isokl.methods: a composition (pca direction, ablation operator) and the random null."""
+    out = tmp_path / "v.safetensors"
+    r = run("--method", method, "-o", out)
+    assert r.exit_code == 0, r.output
+    v = SteeringVector.load(out)
+    assert v.method == method and (float(v.direction.norm()) == pytest.approx(1.0, abs=1e-5)) == unit
+    if unit:  # an ablation refuses the sign gate, whatever makes the direction
+        one_line_error(run("--method", method, "--gate", "sign", "-o", tmp_path / "g.safetensors"), 2, "--gate")
+
+
 def test_missing_pos_file_is_one_line(tmp_path):
     (tmp_path / "neg.txt").write_text("x\n")
     r = run("--pos", tmp_path / "nope.txt", "--neg", tmp_path / "neg.txt", "-o", tmp_path / "v.safetensors")
