@@ -1,39 +1,54 @@
-"""`tl-isokl`: the click group. Each command lives in its own `cmd_<name>.py` and imports torch lazily, so
-`tl-isokl --help` is instant. Library errors (IsoKLError) become one-line messages here, in one place."""
+"""`tl-isokl`: the click group. Each command lives in its own `cmd_<name>.py`; nothing here or there imports the
+library (torch) at import time, so `tl-isokl --help` is instant. Library errors (IsoKLError) become one-line
+messages here, in one place, and so do the library's warnings, while a command runs."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import warnings
 
 import click
 
-from tl_isokl.errors import IsoKLError, IsoKLWarning
 
-_show_warning = warnings.showwarning
+@contextlib.contextmanager
+def one_line_warnings():
+    """While the block runs, show the library's own warnings (IsoKLWarning: non-monotone KL, unconverged
+    calibration, ...) as one 'Warning: ...' line on stderr; other warnings as before. The previous
+    `warnings.showwarning` is restored on exit, so nothing changes for the rest of the process."""
+    from tl_isokl.errors import IsoKLWarning
 
+    previous = warnings.showwarning
 
-def _one_line_warning(message, category, filename, lineno, file=None, line=None):
-    """The library's own warnings (non-monotone KL, unconverged calibration) as one 'Warning: ...' line."""
-    if issubclass(category, IsoKLWarning):
-        click.echo(f"Warning: {message}", err=True)
-    else:
-        _show_warning(message, category, filename, lineno, file, line)
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, IsoKLWarning):
+            click.echo(f"Warning: {message}", err=True)
+        else:
+            previous(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
 
 
 def friendly_errors(fn):
-    """Turn the library's IsoKLError (and OSError on a user's path) into click's one-line `Error: ...` with exit code 1
-    (no traceback)."""
+    """Run a command with `one_line_warnings`, and turn the library's IsoKLError (and OSError on a user's path)
+    into click's one-line `Error: ...` with exit code 1 (no traceback)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except IsoKLError as e:
-            raise click.ClickException(str(e)) from None
-        except OSError as e:  # a file the user named cannot be read or written: their environment, not a bug
-            where = f"{e.filename}: " if getattr(e, "filename", None) else ""
-            raise click.ClickException(f"{where}{e.strerror or e}") from None
+        from tl_isokl.errors import IsoKLError  # when the command runs: it imports the library anyway
+
+        with one_line_warnings():
+            try:
+                return fn(*args, **kwargs)
+            except IsoKLError as e:
+                raise click.ClickException(str(e)) from None
+            except OSError as e:  # a file the user named cannot be read or written: their environment, not a bug
+                where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+                raise click.ClickException(f"{where}{e.strerror or e}") from None
 
     return wrapper
 
@@ -46,7 +61,6 @@ def cli():
     Runs offline out of the box on an embedded test-bed model; pass --model NAME_OR_PATH for any
     TransformerBridge model (e.g. allenai/OLMo-2-0425-1B from the local HF cache, or a local folder).
     """
-    warnings.showwarning = _one_line_warning
 
 
 def _register():
