@@ -2,7 +2,8 @@
 
 It selects the dead traces of a run directory (all, one alpha, or one row), reloads the model the manifest records
 and the run's vector, recomputes each trace around its death fork (`tl_isokl.forensics.inspect_trace`: stored KL
-re-derived by teacher forcing, top-k, entropy, cosine, a cause label) and writes, into RUN/inspect/ by default:
+re-derived by teacher forcing, top-k, entropy, cosine, a cause label) and writes, into RUN/inspect/ by default
+(`RunDir.inspect_dir`):
 
     index.html            one row per dead trace, linking to its page
     trace-r<row>.html     one offline circuitsvis page per dead trace
@@ -32,11 +33,6 @@ from tl_isokl.rundir import Run, RunDir, alpha_key, load_run
 
 CSV_COLUMNS = ("row", "alpha", "coeff", "prompt_id", "death_t", "death_token", "label", "evidence", "max_kl_window",
                "p95", "max_abs_kl_diff", "page")
-
-
-def inspect_dir(run_dir: str | Path) -> Path:
-    """Where `inspect_run` writes by default: RUN/inspect."""
-    return RunDir(run_dir).path / "inspect"  # TODO(rundir): the run directory should own this name
 
 
 @dataclass
@@ -185,7 +181,7 @@ def inspect_run(
     run = load_run(run_dir)
     thr = float(threshold) if threshold is not None else run.threshold
     chosen = select_deaths(run, alpha=alpha, index=index, threshold=thr)
-    out = Path(out) if out is not None else inspect_dir(run_dir)
+    out = Path(out) if out is not None else RunDir(run_dir).inspect_dir
     check_writable_dir(out, what="--out")  # before the model loads
     report = dict(run=run, threshold=thr, radius=radius, alpha=alpha, out=out)
     if not chosen:
