@@ -26,7 +26,8 @@ PROMPT_FILE = click.Path(dir_okay=False, path_type=Path, exists=True)
               help="Shipped contrastive sets when no files are given (test bed: cheerful, gloomy, animal, machine).")
 @click.option("--token", type=click.Choice(["last", "mean"]), default="last", show_default=True,
               help="Residual of the last prompt token, or the mean over the prompt's tokens after BOS.")
-@click.option("--unit", is_flag=True, help="Scale the direction to norm 1 (default: norm of the mean difference).")
+@click.option("--unit", is_flag=True, help="Scale the direction to norm 1 (default: the norm of the mean difference, "
+                                           "which pca and random match; +ablate methods are always unit).")
 @click.option("--gate", type=GATE, default=None, help="Store a per-token cosine gate with the vector.")
 @click.option("--tau", type=click.FloatRange(-1.0, 1.0), default=None, help="Cosine threshold of --gate (default 0).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
