@@ -100,7 +100,7 @@ def command(model_name, dtype, device, vector_path, method, layer, concept, gate
     from tl_isokl.io import atomic_write_json
     from tl_isokl.model import model_info
     from tl_isokl.prompts import read_prompts
-    from tl_isokl.rundir import RunDir, base_manifest, merge_manifest
+    from tl_isokl.rundir import Manifest, RunDir
 
     statistic(stat)  # fail on a bad --stat before loading anything
     check_bounds(c_min, c_max)
@@ -140,14 +140,11 @@ def command(model_name, dtype, device, vector_path, method, layer, concept, gate
     info = model_info(model)
     cal = run_calibration(model, vec, ids, prompts, window=window, target=target, stat=stat, tol=tol,
                           batch_size=batch_size, c_min=c_min, c_max=c_max, positions=positions)
-    vec.save(out / "vector.safetensors")
-    atomic_write_json(out / "calibration.json", cal)
-    rd.write_manifest(merge_manifest(old, base_manifest(
-        "calibrate", model=info["name"], model_path=info.get("path"), revision=info["revision"],
-        dtype=info["dtype"], device=info.get("device"), layer=vec.layer, method=vec.method,
-        gate=vec.gate.to_dict() if vec.gate else None, vector_sha256=vec.sha256,
-        prompts_sha256=wanted["prompts_sha256"], n_prompts=len(prompts), window=window, target=target, stat=stat,
-        tol=tol, c_min=c_min, c_max=c_max, positions=positions, seed=seed, identity=wanted,
+    vec.save(rd.vector_path)
+    atomic_write_json(rd.calibration_path, cal)
+    rd.record(Manifest.of(
+        "calibrate", model, vec, wanted["prompts_sha256"], len(prompts), window=window, seed=seed,
+        positions=positions, target=target, stat=stat, tol=tol, c_min=c_min, c_max=c_max, identity=wanted,
         calibration_converged=cal["converged"], vector_model=vec.meta.get("model"),
-        allow_other_model=bool(vec.meta.get("model") and not same_model(vec.meta.get("model"), info["name"])))))
-    click.echo(f"wrote {out / 'calibration.json'}")
+        allow_other_model=bool(vec.meta.get("model") and not same_model(vec.meta.get("model"), info["name"]))))
+    click.echo(f"wrote {rd.calibration_path}")

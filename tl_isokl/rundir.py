@@ -120,6 +120,55 @@ def merge_manifest(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str,
     return out
 
 
+@dataclass(frozen=True)
+class Manifest:
+    """What one command wrote into a run directory: the typed core every run records, plus that command's own
+    settings (a sweep's alphas, threshold, probe and identity; a calibration's target and tolerance).
+
+    Built by `Manifest.of` and written by `RunDir.record`, the only way a manifest reaches disk: `record` keeps
+    the original creation fields and appends this command to the history, so a resumed run's manifest still
+    says which command lines made the cells already on disk.
+    """
+
+    command: str
+    model: str | None
+    model_path: str | None
+    revision: str | None
+    dtype: str | None
+    device: str | None
+    layer: int
+    method: str
+    gate: dict[str, Any] | None
+    vector_sha256: str
+    prompts_sha256: str | None
+    n_prompts: int
+    window: int
+    seed: int
+    positions: str
+    settings: dict[str, Any] = field(default_factory=dict)
+    history: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, command: str, model, vector, prompts_sha256: str | None, n_prompts: int, *, window: int, seed: int,
+           positions: str, history: dict[str, Any] | None = None, **settings: Any) -> "Manifest":
+        """The manifest of `command` run with this model and vector (model identity from `model.model_info`)."""
+        from tl_isokl.model import model_info
+
+        info = model_info(model)
+        return cls(command=command, model=info.get("name"), model_path=info.get("path"),
+                   revision=info.get("revision"), dtype=info.get("dtype"), device=info.get("device"),
+                   layer=int(vector.layer), method=vector.method,
+                   gate=vector.gate.to_dict() if vector.gate else None, vector_sha256=vector.sha256,
+                   prompts_sha256=prompts_sha256, n_prompts=int(n_prompts), window=int(window), seed=int(seed),
+                   positions=positions, settings=dict(settings), history=dict(history or {}))
+
+    def to_dict(self) -> dict[str, Any]:
+        core = {k: getattr(self, k) for k in ("model", "model_path", "revision", "dtype", "device", "layer",
+                                              "method", "gate", "vector_sha256", "prompts_sha256", "n_prompts",
+                                              "window", "seed", "positions")}
+        return base_manifest(self.command, history=self.history, **core, **self.settings)
+
+
 @dataclass
 class Run:
     """A loaded run directory."""
@@ -212,7 +261,13 @@ class RunDir:
         ]
 
     def write_manifest(self, manifest: dict[str, Any]) -> Path:
+        """Write a manifest as given (tests and tools); commands use `record`."""
         return atomic_write_json(self.manifest_path, manifest)
+
+    def record(self, manifest: Manifest) -> Path:
+        """Write this command's manifest, merged with the one already here (history kept, never replaced)."""
+        old = self.read_manifest() if self.manifest_path.is_file() else None
+        return atomic_write_json(self.manifest_path, merge_manifest(old, manifest.to_dict()))
 
     def read_manifest(self) -> dict[str, Any]:
         if not self.manifest_path.is_file():

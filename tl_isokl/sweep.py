@@ -25,7 +25,7 @@ from tl_isokl.records import Trajectory, fate
 from tl_isokl.rollout import grid, rollout
 from tl_isokl.identity import check_run, check_sweep_inputs, clear_run, run_identity
 from tl_isokl.statistics import pool, summarize
-from tl_isokl.rundir import Run, RunDir, alpha_key, base_manifest, merge_manifest
+from tl_isokl.rundir import Manifest, Run, RunDir, alpha_key
 from tl_isokl.vector import SteeringVector
 
 DEFAULT_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0)
@@ -145,20 +145,14 @@ def sweep(
     if old is not None:
         check_run(old, ident, rd.path)  # one line naming every differing field, both values, and the fix
     todo = [a for a in alphas if not rd.has_cell(a)]
-    info = model_info(model)
-    manifest = base_manifest(
-        "sweep", model=info.get("name"), model_path=info.get("path"), revision=info.get("revision"),
-        dtype=info.get("dtype"),
-        device=info.get("device"), layer=vector.layer, method=vector.method,
-        gate=vector.gate.to_dict() if vector.gate else None, vector_sha256=vector.sha256,
-        prompts_sha256=ident["prompts_sha256"], n_prompts=len(prompts), seed=seed, window=int(window),
-        threshold=float(threshold), alphas=list(alphas), c_star=cfg.c_star, target=cal.target,
-        stat=cal.stat, probe=ident["probe"], schedule=ident["schedule"], positions=positions,
+    manifest = Manifest.of(
+        "sweep", model, vector, ident["prompts_sha256"], len(prompts), window=window, seed=seed, positions=positions,
+        history={"alphas": list(todo)}, threshold=float(threshold), alphas=list(alphas), c_star=cfg.c_star,
+        target=cal.target, stat=cal.stat, probe=ident["probe"], schedule=ident["schedule"],
         config_sha256=sha256_json(ident), identity=ident, **allowed,
-        prompts=[{"id": i, "prompt": p} for i, p in zip(pids, prompts)],
-        **(manifest_extra or {}), history={"alphas": list(todo)},
+        prompts=[{"id": i, "prompt": p} for i, p in zip(pids, prompts)], **(manifest_extra or {}),
     )
-    rd.write_manifest(merge_manifest(old, manifest))  # resuming appends to the history, never replaces it
+    rd.record(manifest)  # resuming appends to the history, never replaces it
     atomic_write_json(rd.calibration_path, calibration)
     vector.save(rd.vector_path)  # the identity check above guarantees it is the run's vector
     for a in todo:

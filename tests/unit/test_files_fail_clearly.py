@@ -145,3 +145,30 @@ def test_run_directory_layout_names_the_html_bundle_it_owns():
 
     owned = dict(RunDir("R").owned_files())
     assert BUNDLE_NAME in owned[RunDir("R").inspect_dir]
+
+
+def test_manifest_is_typed_and_record_appends_to_the_history(tmp_path):
+    from types import SimpleNamespace
+
+    import torch
+
+    from tl_isokl.rundir import Manifest, RunDir
+    from tl_isokl.vector import Gate, SteeringVector
+
+    model = SimpleNamespace(tl_isokl_info={"name": "m", "path": "/abs/m", "revision": "r1", "dtype": "float32",
+                                           "device": "cpu"})
+    vec = SteeringVector(torch.ones(4), 1, "pca", Gate("soft", 0.1))
+    m = Manifest.of("sweep", model, vec, "e" * 64, 3, window=16, seed=7, positions="generated",
+                    history={"alphas": [0.0]}, threshold=0.75)
+    d = m.to_dict()
+    assert (d["model"], d["model_path"], d["revision"], d["layer"], d["method"]) == ("m", "/abs/m", "r1", 1, "pca")
+    assert d["gate"] == {"kind": "soft", "tau": 0.1} and d["vector_sha256"] == vec.sha256
+    assert (d["window"], d["seed"], d["positions"], d["threshold"], d["n_prompts"]) == (16, 7, "generated", 0.75, 3)
+    rd = RunDir(tmp_path)
+    rd.record(m)
+    first = rd.read_manifest()
+    rd.record(Manifest.of("sweep", model, vec, "e" * 64, 3, window=16, seed=7, positions="generated",
+                          history={"alphas": [1.0]}, threshold=0.75))
+    second = rd.read_manifest()
+    assert second["created"] == first["created"]
+    assert [h["alphas"] for h in second["history"]] == [[0.0], [1.0]]
