@@ -6,9 +6,8 @@ from pathlib import Path
 
 import click
 
-from tl_isokl_cli.common import (Progress, allow_other_model_option, check_out, default_out, early_vector,
-                                 file_sha, fresh_option, get_prompts, get_vector, load, model_options, model_spec,
-                                 positions_option, vector_options)
+from tl_isokl_cli.common import (Progress, allow_other_model_option, early_vector, fresh_option, get_prompts,
+                                 get_vector, load, model_options, positions_option, vector_options)
 from tl_isokl_cli.main import friendly_errors
 
 
@@ -96,11 +95,13 @@ def command(model_name, dtype, device, vector_path, method, layer, concept, gate
     A folder already holding a calibration with other settings, or a sweep, is refused unless --fresh.
     """
     from tl_isokl.statistics import statistic
-    from tl_isokl.identity import FIX_RUN, calibration_identity, check_calibration, clear_run, same_model
+    from tl_isokl.identity import calibration_identity, same_model
     from tl_isokl.io import atomic_write_json
     from tl_isokl.model import model_info
     from tl_isokl.prompts import read_prompts
-    from tl_isokl.rundir import Manifest, RunDir
+    from tl_isokl.rundir import Manifest
+    from tl_isokl.runpolicy import (check_calibration_target, check_recalibration, default_run_path, file_sha,
+                                    model_spec, open_run, start_fresh)
 
     statistic(stat)  # fail on a bad --stat before loading anything
     check_bounds(c_min, c_max)
@@ -113,15 +114,11 @@ def command(model_name, dtype, device, vector_path, method, layer, concept, gate
                    "stat": stat, "tol": tol, "c_min": c_min, "c_max": c_max, "prompts": file_sha(prompts_path),
                    "vector": file_vec.sha256 if file_vec else {"method": method, "layer": layer, "concept": concept},
                    "gate": gate, "tau": tau}
-        out = default_out("calibrate", spec, file_vec.method if file_vec else method,
-                          file_vec.layer if file_vec else layer, window, request)
-    check_out(out)
-    rd = RunDir(out)
-    old = rd.read_manifest() if rd.manifest_path.is_file() else None
-    old_cal = rd.read_calibration()
-    if not fresh and old is not None and old.get("command") != "calibrate":
-        raise click.ClickException(f"{out} holds a {old.get('command') or 'tl-isokl'} run; writing a calibration "
-                                   f"there would change the calibration its cells were made with; {FIX_RUN}")
+        out = default_run_path("calibrate", spec, file_vec.method if file_vec else method,
+                               file_vec.layer if file_vec else layer, window, request)
+    state = open_run(out, fresh=fresh, load_vector=False)
+    check_calibration_target(state)
+    rd = state.rd
     import torch
 
     torch.manual_seed(seed)
@@ -130,13 +127,10 @@ def command(model_name, dtype, device, vector_path, method, layer, concept, gate
     ids, prompts = get_prompts(model, prompts_path, "calibration")
     wanted = calibration_identity(model, vec, prompts, stat=stat, target=target, tol=tol, window=window,
                                   positions=positions, c_min=c_min, c_max=c_max)
-    if fresh:
-        removed = clear_run(out)
-        old = None
-        if removed:
-            click.echo(f"--fresh: removed {len(removed)} tl-isokl file(s) from {out}")
-    elif old_cal is not None:
-        check_calibration(old_cal, wanted, source=str(rd.calibration_path), fix=FIX_RUN)
+    check_recalibration(state, wanted)
+    removed = start_fresh(state)
+    if removed:
+        click.echo(f"--fresh: removed {len(removed)} tl-isokl file(s) from {out}")
     info = model_info(model)
     cal = run_calibration(model, vec, ids, prompts, window=window, target=target, stat=stat, tol=tol,
                           batch_size=batch_size, c_min=c_min, c_max=c_max, positions=positions)

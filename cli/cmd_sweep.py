@@ -7,9 +7,9 @@ from pathlib import Path
 import click
 
 from tl_isokl_cli.cmd_calibrate import calibration_options, check_bounds, run_calibration
-from tl_isokl_cli.common import (Progress, allow_other_model_option, check_out, default_out, early_vector, file_sha,
-                                 fresh_option, get_prompts, get_vector, given, load, model_options, model_spec,
-                                 positions_option, refuse_unused, vector_options)
+from tl_isokl_cli.common import (Progress, allow_other_model_option, early_vector, fresh_option, get_prompts,
+                                 get_vector, given, load, model_options, positions_option, refuse_unused,
+                                 vector_options)
 from tl_isokl_cli.main import friendly_errors
 
 
@@ -55,14 +55,14 @@ def command(model_name, dtype, device, vector_path, method, layer, concept, gate
     Everything that needs no model (flags, files, a writable --out) is checked before the model loads.
     """
     from tl_isokl.statistics import statistic
-    from tl_isokl.identity import (APPLIES, FIX_RUN, calibration_identity, check_calibration, check_converged,
-                                   clear_run, heldout_transfer, reuse_vector, transfer_message)
+    from tl_isokl.identity import (calibration_identity, check_calibration, check_converged, heldout_transfer,
+                                   transfer_message)
     from tl_isokl.io import read_json, sha256_json
     from tl_isokl.probe import fork_points
     from tl_isokl.prompts import read_prompts
-    from tl_isokl.rundir import RunDir
+    from tl_isokl.runpolicy import (choose_calibration, default_run_path, file_sha, model_spec, open_run,
+                                    resolve_vector, start_fresh)
     from tl_isokl.sweep import format_summary, parse_alphas, summary_rows, sweep
-    from tl_isokl.vector import SteeringVector
 
     # ---- everything that needs no model
     alpha_list = parse_alphas(alphas)
@@ -107,18 +107,10 @@ def command(model_name, dtype, device, vector_path, method, layer, concept, gate
                    "calibration": (sha256_json({k: ext_cal.get(k) for k in ("identity", "c_star")}) if ext_cal
                                    else {"target": target, "stat": stat, "tol": tol, "c_min": c_min,
                                          "c_max": c_max, "prompts": file_sha(cal_prompts_path)})}
-        out = default_out("sweep", spec, Path(vector_path).stem if vector_path else method,
-                          file_vec.layer if file_vec else layer, window, request)
-    check_out(out)
-    rd = RunDir(out)
-    run_cal = stored_vec = None
-    if not fresh:
-        if rd.manifest_path.is_file():
-            rd.read_manifest()  # damaged: one line now, not after the model loads
-        run_cal = rd.read_calibration()
-        if run_cal is not None and ext_cal is None:  # written before identities existed: refuse now
-            check_calibration(run_cal, {}, source=str(rd.calibration_path), fix=FIX_RUN)
-        stored_vec = SteeringVector.load(rd.vector_path) if rd.vector_path.is_file() else None
+        out = default_run_path("sweep", spec, Path(vector_path).stem if vector_path else method,
+                               file_vec.layer if file_vec else layer, window, request)
+    state = open_run(out, fresh=fresh, explicit_calibration=ext_cal is not None)
+    rd = state.rd
 
     # ---- the model
     import torch
@@ -126,26 +118,18 @@ def command(model_name, dtype, device, vector_path, method, layer, concept, gate
     torch.manual_seed(seed)
     model = load(model_name, dtype, device)
     vec = get_vector(model, file_vec, method, layer, concept, gate, tau, allow_other_model=allow_other_model)
-    if not fresh and stored_vec is not None:
-        vec = reuse_vector(stored_vec, vec, source=str(out), extracted=file_vec is None)
+    vec = resolve_vector(state, vec, extracted=file_vec is None)
     cids, cprompts = get_prompts(model, cal_prompts_path, "calibration")
     wanted = calibration_identity(model, vec, cprompts, stat=stat, target=target, tol=tol, window=window,
                                   positions=positions, c_min=c_min, c_max=c_max)
-    if ext_cal is not None:
-        check_calibration(ext_cal, wanted, source=str(calibration_path), fields=APPLIES,
-                          fix=_cal_fix(calibration_path, vector_path))
-        cal = ext_cal
-    elif run_cal is not None:
-        check_calibration(run_cal, wanted, source=str(rd.calibration_path), fix=FIX_RUN)
-        check_converged(run_cal, allow=allow_unconverged, source=str(rd.calibration_path))
-        cal = run_cal
+    cal = choose_calibration(state, wanted, explicit=ext_cal, explicit_source=str(calibration_path),
+                             allow_unconverged=allow_unconverged,
+                             explicit_fix=_cal_fix(calibration_path, vector_path) if ext_cal else "")
+    if cal is not None and ext_cal is None:
         click.echo(f"resuming: using {rd.calibration_path} (c* = {cal['c_star']:.6g})")
-    else:
-        cal = None
-    if fresh:
-        removed = clear_run(out)
-        if removed:
-            click.echo(f"--fresh: removed {len(removed)} tl-isokl file(s) from {out}")
+    removed = start_fresh(state)
+    if removed:
+        click.echo(f"--fresh: removed {len(removed)} tl-isokl file(s) from {out}")
     if cal is None:
         cal = run_calibration(model, vec, cids, cprompts, window=window, target=target, stat=stat, tol=tol,
                               batch_size=batch_size, c_min=c_min, c_max=c_max, positions=positions)

@@ -5,7 +5,6 @@ Heavy imports (torch, transformer_lens) happen inside the helpers, never at impo
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 from typing import Callable, Iterable
@@ -173,36 +172,6 @@ def early_vector(vector_path, method, layer, concept, gate, tau):
     return vec
 
 
-def model_spec(model_name) -> str:
-    """The model as it will be recorded, known before loading: the embedded name, an absolute folder, or a hub
-    name (used for default --out names)."""
-    from tl_isokl.model import EMBEDDED_NAME
-
-    if model_name is None:
-        return EMBEDDED_NAME
-    p = Path(str(model_name)).expanduser()
-    return str(p.resolve()) if p.exists() else str(model_name)
-
-
-def default_out(kind: str, spec: str, tag: str, layer, window: int, request: dict) -> Path:
-    """runs/<kind>-<model>-<method>-L<layer>-w<window>-<hash>: the hash covers every setting that changes the
-    results (gate, tau, concept, positions, target, stat, tol, prompts, probe, ...), so two different
-    experiments never share a default folder, and rerunning the same command finds (and resumes) its own."""
-    from tl_isokl.io import sha256_json
-
-    return Path("runs") / (f"{kind}-{model_slug(spec)}-{slug(tag)}-L{'mid' if layer is None else layer}-w{window}-"
-                           f"{sha256_json(request)[:8]}")
-
-
-def file_sha(path) -> str | None:
-    """Hash of a file's bytes (for --out names and records), None for no file."""
-    if path is None:
-        return None
-    from tl_isokl.io import sha256_bytes
-
-    return sha256_bytes(Path(path).read_bytes())
-
-
 def check_out(out: Path, flag: str = "--out") -> Path:
     """Fail before the model loads if `out` cannot be written (e.g. `--out /etc/passwd/sub`)."""
     from tl_isokl.io import check_writable_dir
@@ -272,15 +241,6 @@ def get_prompts(model, path, kind):
     from tl_isokl.prompt_sets import default_prompts
 
     return default_prompts(model, kind)
-
-
-def model_slug(name: str) -> str:
-    """A model name in a folder name: a local folder by its last component, a hub name owner_name."""
-    return slug(Path(name).name if Path(name).is_absolute() else name)
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "model"
 
 
 class Progress:

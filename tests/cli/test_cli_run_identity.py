@@ -407,7 +407,7 @@ def test_inspect_model_overrides_a_recorded_model_that_moved(run_copy, model, mo
 
 def test_relative_model_paths_are_recorded_absolute(monkeypatch):
     from tl_isokl.model import EMBEDDED_MODEL, resolve_model
-    from tl_isokl_cli.common import model_spec
+    from tl_isokl.runpolicy import model_spec
 
     monkeypatch.chdir(EMBEDDED_MODEL.parent)
     name, path, _ = resolve_model(EMBEDDED_MODEL.name)

@@ -228,7 +228,7 @@ def test_report_lists_every_command_line(tmp_path, monkeypatch):
 
 
 def test_default_out_names_differ_for_every_setting():
-    from tl_isokl_cli.common import default_out
+    from tl_isokl.runpolicy import default_run_path as default_out
 
     base = {"model": "m", "gate": None, "tau": None, "target": 1.0, "stat": "p95", "positions": "all",
             "vector": {"method": "mean_diff", "layer": None, "concept": "cheerful/gloomy"}}
