@@ -21,7 +21,7 @@ from tl_isokl.errors import IsoKLError
 from tl_isokl.io import sha256_json
 from tl_isokl.model import model_info
 from tl_isokl.tokens import encode, pad_batch, pad_id, position_ids
-from tl_isokl.methods import mean_diff, parse_method
+from tl_isokl.methods import parse_method
 from tl_isokl.vector import Gate, SteeringVector, hook_name
 
 TOKEN_CHOICES = ("last", "mean")
