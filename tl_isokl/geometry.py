@@ -205,14 +205,10 @@ def recorded_model(calibration: Mapping[str, Any] | str | Path | Any = None,
 
 def default_cosine_out(model, vector) -> Path:
     """runs/cosine-<model>-<method>-L<layer>: where `cosine_report` writes without `out`."""
-    import re
-
     from tl_isokl.model import model_info
+    from tl_isokl.runpolicy import RUNS, model_slug
 
-    name = str(model_info(model).get("name"))
-    name = Path(name).name if Path(name).is_absolute() else name  # same slug rule as the CLI's default --out
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
-    return Path("runs") / f"cosine-{slug}-{vector.method}-L{vector.layer}"
+    return RUNS / f"cosine-{model_slug(str(model_info(model).get('name')))}-{vector.method}-L{vector.layer}"
 
 
 def cosine_report(
