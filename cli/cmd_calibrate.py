@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from tl_isokl_cli.common import (Progress, allow_other_model_option, early_vector, fresh_option, get_prompts,
-                                 get_vector, load, model_options, positions_option, vector_options)
+from tl_isokl_cli.common import (Progress, allow_other_model_option, early_vector, fresh_option, model_options,
+                                 positions_option, vector_options)
 from tl_isokl_cli.main import friendly_errors
 
 
@@ -43,33 +43,6 @@ def calibration_options(fn):
     return fn
 
 
-def run_calibration(model, vec, ids, prompts, *, window, target, stat, tol, batch_size, c_min, c_max,
-                    positions="all"):
-    """Calibrate with a live round table; returns the result dict written to calibration.json."""
-    from tl_isokl.calibrate import calibrate
-
-    click.echo(f"calibrating {vec.method} L{vec.layer} on {len(prompts)} prompts, window {window}, "
-               f"target {stat} = {target} nats")
-    prog = Progress()
-    done = [0]
-
-    def tick(k):
-        done[0] += k
-        prog("calibration rollouts", done[0], None)
-
-    res = calibrate(model, vec, prompts, prompt_ids=ids, window=window, target=target, stat=stat, tol=tol,
-                    batch_size=batch_size, c_min=c_min, c_max=c_max, on_round=round_printer(stat, target, tol),
-                    progress=tick, positions=positions)
-    prog.close()
-    sp = res.spread()
-    click.echo(f"c* = {res.c_star:.6g}  ({stat} = {res.achieved:.4g}, converged={res.converged}, "
-               f"{res.rounds} rounds, {res.seconds:.1f} s)")
-    if sp["min"] is not None:
-        click.echo(f"per-prompt c*: min {sp['min']:.4g}  median {sp['median']:.4g}  max {sp['max']:.4g}  "
-                   f"(x{sp['ratio']:.3g} spread; {sp['not_bracketed']} prompt(s) never crossed the target)")
-    return res.to_dict()
-
-
 @click.command("calibrate")
 @model_options
 @vector_options
@@ -94,51 +67,23 @@ def command(model_name, dtype, device, vector_path, method, layer, concept, gate
     Everything that needs no model is checked first (flags, the vector and prompt files, that --out is writable).
     A folder already holding a calibration with other settings, or a sweep, is refused unless --fresh.
     """
-    from tl_isokl.statistics import statistic
-    from tl_isokl.identity import calibration_identity, same_model
-    from tl_isokl.io import atomic_write_json
-    from tl_isokl.model import model_info
-    from tl_isokl.prompts import read_prompts
-    from tl_isokl.rundir import Manifest
-    from tl_isokl.runpolicy import (check_calibration_target, check_recalibration, default_run_path, file_sha,
-                                    model_spec, open_run, start_fresh)
+    from tl_isokl.experiment import ExperimentSettings, run_calibration_experiment
 
-    statistic(stat)  # fail on a bad --stat before loading anything
     check_bounds(c_min, c_max)
-    file_vec = early_vector(vector_path, method, layer, concept, gate, tau)
-    if prompts_path is not None:
-        read_prompts(prompts_path)  # a malformed prompt file fails now, not after the model loads
-    spec = model_spec(model_name)
-    if out is None:
-        request = {"model": spec, "dtype": dtype, "positions": positions, "window": window, "target": target,
-                   "stat": stat, "tol": tol, "c_min": c_min, "c_max": c_max, "prompts": file_sha(prompts_path),
-                   "vector": file_vec.sha256 if file_vec else {"method": method, "layer": layer, "concept": concept},
-                   "gate": gate, "tau": tau}
-        out = default_run_path("calibrate", spec, file_vec.method if file_vec else method,
-                               file_vec.layer if file_vec else layer, window, request)
-    state = open_run(out, fresh=fresh, load_vector=False)
-    check_calibration_target(state)
-    rd = state.rd
-    import torch
+    early_vector(vector_path, method, layer, concept, gate, tau)  # flag contradictions, before anything loads
+    settings = ExperimentSettings(
+        model=model_name, dtype=dtype, device=device, vector_path=vector_path, method=method, layer=layer,
+        concept=concept, gate=gate, tau=tau, positions=positions, window=window, target=target, stat=stat, tol=tol,
+        c_min=c_min, c_max=c_max, calibration_prompts=prompts_path, batch_size=batch_size, seed=seed, out=out,
+        fresh=fresh, allow_other_model=allow_other_model)
+    prog = Progress()
+    done = [0]
 
-    torch.manual_seed(seed)
-    model = load(model_name, dtype, device)
-    vec = get_vector(model, file_vec, method, layer, concept, gate, tau, allow_other_model=allow_other_model)
-    ids, prompts = get_prompts(model, prompts_path, "calibration")
-    wanted = calibration_identity(model, vec, prompts, stat=stat, target=target, tol=tol, window=window,
-                                  positions=positions, c_min=c_min, c_max=c_max)
-    check_recalibration(state, wanted)
-    removed = start_fresh(state)
-    if removed:
-        click.echo(f"--fresh: removed {len(removed)} tl-isokl file(s) from {out}")
-    info = model_info(model)
-    cal = run_calibration(model, vec, ids, prompts, window=window, target=target, stat=stat, tol=tol,
-                          batch_size=batch_size, c_min=c_min, c_max=c_max, positions=positions)
-    vec.save(rd.vector_path)
-    atomic_write_json(rd.calibration_path, cal)
-    rd.record(Manifest.of(
-        "calibrate", model, vec, wanted["prompts_sha256"], len(prompts), window=window, seed=seed,
-        positions=positions, target=target, stat=stat, tol=tol, c_min=c_min, c_max=c_max, identity=wanted,
-        calibration_converged=cal["converged"], vector_model=vec.meta.get("model"),
-        allow_other_model=bool(vec.meta.get("model") and not same_model(vec.meta.get("model"), info["name"]))))
-    click.echo(f"wrote {rd.calibration_path}")
+    def tick(k):
+        done[0] += k
+        prog("calibration rollouts", done[0], None)
+
+    out = run_calibration_experiment(settings, echo=click.echo, on_round=round_printer(stat, target, tol),
+                                     progress=tick)
+    prog.close()
+    click.echo(f"wrote {out / 'calibration.json'}")

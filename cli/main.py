@@ -39,11 +39,13 @@ def friendly_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from tl_isokl.errors import IsoKLError  # when the command runs: it imports the library anyway
+        from tl_isokl.errors import IsoKLError, SettingsError  # when the command runs: it imports the library
 
         with one_line_warnings():
             try:
                 return fn(*args, **kwargs)
+            except SettingsError as e:  # contradicting flags: a usage error, exit status 2
+                raise click.UsageError(str(e)) from None
             except IsoKLError as e:
                 raise click.ClickException(str(e)) from None
             except OSError as e:  # a file the user named cannot be read or written: their environment, not a bug

@@ -20,6 +20,11 @@ class CalibrationError(IsoKLError):
     """The calibration target could not be bracketed inside the coefficient limits."""
 
 
+class SettingsError(IsoKLError):
+    """Settings that contradict each other before anything runs (e.g. held-out prompts that are also
+    calibration prompts); the CLI reports these as usage errors (exit status 2)."""
+
+
 class RunDirError(IsoKLError):
     """A run directory is missing, incomplete or belongs to a different configuration."""
 

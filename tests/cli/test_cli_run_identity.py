@@ -19,7 +19,7 @@ from helpers_cli import one_line_error
 from tl_isokl_cli.main import cli
 
 BASE = ["--window", "8", "--alphas", "0,1", "--no-figures"]
-LOADERS = ("tl_isokl_cli.cmd_sweep", "tl_isokl_cli.cmd_calibrate", "tl_isokl_cli.cmd_cosine",
+LOADERS = ("tl_isokl.experiment", "tl_isokl_cli.cmd_cosine",
            "tl_isokl_cli.cmd_extract")
 
 
@@ -213,7 +213,7 @@ def test_unconverged_calibration_refused_unless_allowed(run, files, reuse_model,
     common = ["sweep", *BASE, "--prompts", files / "held.txt", "--vector", out / "vector.safetensors",
               "--calibration", cal]
     with monkeypatch.context() as mp:
-        mp.setattr("tl_isokl_cli.cmd_sweep.load", lambda *a, **k: pytest.fail("loaded the model"))
+        mp.setattr("tl_isokl.experiment.load", lambda *a, **k: pytest.fail("loaded the model"))
         one_line_error(invoke(*common, "--out", tmp_path / "a"), 1, "did not converge", "p95 = 1.4",
                        "--allow-unconverged")
     assert not (tmp_path / "a").exists()

@@ -1,0 +1,331 @@
+"""The seed's experiment from settings: `calibrate` and `sweep` as the commands run them, callable from Python.
+
+A command parses its flags into `ExperimentSettings` and calls `run_calibration_experiment` or
+`run_sweep_experiment`; the library does the rest, in this order, so every caller behaves the same:
+
+1. everything that needs no model: the vector file, prompt files, an explicit calibration, the folder
+   (`runpolicy.open_run`: writable, undamaged, made with these settings);
+2. the model, the vector (from the file, the folder being resumed, or extracted from the concept sets);
+3. the calibration (explicit, found in the folder, or made now) and, for a sweep, the alpha cells, tables,
+   figures and report.
+
+Progress and messages go through `echo` / `warn` callbacks (the CLI prints them; Python callers may ignore them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from tl_isokl.errors import IsoKLError, SettingsError
+
+Echo = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+@dataclass
+class ExperimentSettings:
+    """Every setting of a calibration or a sweep (the flags of `tl-isokl calibrate` / `tl-isokl sweep`)."""
+
+    model: str | None = None
+    dtype: str = "float32"
+    device: str | None = None
+    vector_path: Path | None = None
+    method: str = "mean_diff"
+    layer: int | None = None
+    concept: str = "cheerful/gloomy"
+    gate: str | None = None
+    tau: float | None = None
+    positions: str = "all"
+    window: int = 256
+    target: float = 1.0
+    stat: str = "p95"
+    tol: float = 0.05
+    c_min: float = 1e-4
+    c_max: float = 1e4
+    calibration_prompts: Path | None = None
+    batch_size: int = 32
+    seed: int = 0
+    out: Path | None = None
+    fresh: bool = False
+    allow_other_model: bool = False
+    # sweep only
+    calibration_path: Path | None = None
+    heldout_prompts: Path | None = None
+    alphas: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0)
+    threshold: float = 0.75
+    schedule: str | int = "log2"
+    allow_unconverged: bool = False
+    figures: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+
+
+def concept_names(concept: str) -> tuple[str, str]:
+    """'cheerful/gloomy' -> ('cheerful', 'gloomy')."""
+    if concept.count("/") != 1:
+        raise IsoKLError(f"concept {concept!r} must be POS/NEG, e.g. cheerful/gloomy")
+    pos, neg = concept.split("/")
+    return pos, neg
+
+
+def prompt_set(model, path: str | Path | None, kind: str) -> tuple[list[str], list[str]]:
+    """(ids, prompts) from a file, or the model's default set of this kind ("calibration" / "heldout")."""
+    if path is not None:
+        from tl_isokl.prompts import read_prompts
+
+        prompts = read_prompts(path)
+        return [f"{kind[:3]}{i:03d}" for i in range(len(prompts))], prompts
+    from tl_isokl.prompt_sets import default_prompts
+
+    return default_prompts(model, kind)
+
+
+def file_vector(s: ExperimentSettings):
+    """The --vector file's vector (with the requested gate), or None; loaded before any model."""
+    if s.vector_path is None:
+        return None
+    from tl_isokl.vector import Gate, SteeringVector
+
+    vec = SteeringVector.load(s.vector_path)
+    return vec.with_gate(Gate(s.gate, 0.0 if s.tau is None else s.tau)) if s.gate else vec
+
+
+def model_vector(model, s: ExperimentSettings, file_vec=None):
+    """The steering vector for this model: the file's (checked to have been made on this model unless
+    allowed), or one extracted now from the concept's contrastive sets."""
+    from tl_isokl.identity import check_vector_model
+
+    if file_vec is not None:
+        check_vector_model(file_vec, model, allow=s.allow_other_model, source="the --vector file")
+        vec = file_vec
+    else:
+        from tl_isokl.extract import extract
+        from tl_isokl.prompt_sets import default_concepts
+        from tl_isokl.vector import Gate
+
+        pos_name, neg_name = concept_names(s.concept)
+        pos, neg = default_concepts(model, pos_name, neg_name)
+        g = Gate(s.gate, 0.0 if s.tau is None else s.tau) if s.gate else None
+        vec = extract(model, pos, neg, method=s.method, layer=s.layer, gate=g)
+        vec = replace(vec, meta={**vec.meta, "pos_source": f"concept:{pos_name}", "neg_source": f"concept:{neg_name}"})
+    vec.check_model(model)
+    return vec
+
+
+def load(s: ExperimentSettings, echo: Echo = _quiet):
+    import torch
+
+    from tl_isokl.model import load_model
+
+    torch.manual_seed(s.seed)
+    echo(f"loading model {s.model or 'embedded test bed'} ({s.dtype})")
+    return load_model(s.model, dtype=s.dtype, device=s.device)
+
+
+def calibrate_verbose(model, vec, ids, prompts, s: ExperimentSettings, *, echo: Echo = _quiet,
+                      on_round: Callable | None = None, progress: Callable | None = None) -> dict[str, Any]:
+    """`calibrate` with a header and a result line through `echo`; returns calibration.json's content."""
+    from tl_isokl.calibrate import calibrate
+
+    echo(f"calibrating {vec.method} L{vec.layer} on {len(prompts)} prompts, window {s.window}, "
+         f"target {s.stat} = {s.target} nats")
+    res = calibrate(model, vec, prompts, prompt_ids=ids, window=s.window, target=s.target, stat=s.stat,
+                    tol=s.tol, batch_size=s.batch_size, c_min=s.c_min, c_max=s.c_max, on_round=on_round,
+                    progress=progress, positions=s.positions)
+    sp = res.spread()
+    echo(f"c* = {res.c_star:.6g}  ({s.stat} = {res.achieved:.4g}, converged={res.converged}, "
+         f"{res.rounds} rounds, {res.seconds:.1f} s)")
+    if sp["min"] is not None:
+        echo(f"per-prompt c*: min {sp['min']:.4g}  median {sp['median']:.4g}  max {sp['max']:.4g}  "
+             f"(x{sp['ratio']:.3g} spread; {sp['not_bracketed']} prompt(s) never crossed the target)")
+    return res.to_dict()
+
+
+# ------------------------------------------------------------------------------------------------ calibrate
+
+
+def calibration_request(s: ExperimentSettings, spec: str, file_vec) -> dict[str, Any]:
+    """Every setting that changes a calibration: the hash behind its default folder name."""
+    from tl_isokl.runpolicy import file_sha
+
+    return {"model": spec, "dtype": s.dtype, "positions": s.positions, "window": s.window, "target": s.target,
+            "stat": s.stat, "tol": s.tol, "c_min": s.c_min, "c_max": s.c_max,
+            "prompts": file_sha(s.calibration_prompts),
+            "vector": file_vec.sha256 if file_vec else {"method": s.method, "layer": s.layer, "concept": s.concept},
+            "gate": s.gate, "tau": s.tau}
+
+
+def run_calibration_experiment(s: ExperimentSettings, *, echo: Echo = _quiet, on_round: Callable | None = None,
+                               progress: Callable | None = None) -> Path:
+    """`tl-isokl calibrate`: find c* and write calibration.json, the vector and the manifest; returns the folder."""
+    from tl_isokl.identity import calibration_identity, same_model
+    from tl_isokl.io import atomic_write_json
+    from tl_isokl.model import model_info
+    from tl_isokl.prompts import read_prompts
+    from tl_isokl.rundir import Manifest
+    from tl_isokl.runpolicy import (check_calibration_target, check_recalibration, default_run_path, model_spec,
+                                    open_run, start_fresh)
+    from tl_isokl.statistics import statistic
+
+    statistic(s.stat)
+    file_vec = file_vector(s)
+    if s.calibration_prompts is not None:
+        read_prompts(s.calibration_prompts)  # a malformed prompt file fails now, not after the model loads
+    spec = model_spec(s.model)
+    out = s.out or default_run_path("calibrate", spec, file_vec.method if file_vec else s.method,
+                                    file_vec.layer if file_vec else s.layer, s.window,
+                                    calibration_request(s, spec, file_vec))
+    state = open_run(out, fresh=s.fresh, load_vector=False)
+    check_calibration_target(state)
+    rd = state.rd
+    model = load(s, echo)
+    vec = model_vector(model, s, file_vec)
+    ids, prompts = prompt_set(model, s.calibration_prompts, "calibration")
+    wanted = calibration_identity(model, vec, prompts, stat=s.stat, target=s.target, tol=s.tol, window=s.window,
+                                  positions=s.positions, c_min=s.c_min, c_max=s.c_max)
+    check_recalibration(state, wanted)
+    removed = start_fresh(state)
+    if removed:
+        echo(f"--fresh: removed {len(removed)} tl-isokl file(s) from {out}")
+    cal = calibrate_verbose(model, vec, ids, prompts, s, echo=echo, on_round=on_round, progress=progress)
+    vec.save(rd.vector_path)
+    atomic_write_json(rd.calibration_path, cal)
+    name = model_info(model)["name"]
+    rec = vec.meta.get("model")
+    rd.record(Manifest.of(
+        "calibrate", model, vec, wanted["prompts_sha256"], len(prompts), window=s.window, seed=s.seed,
+        positions=s.positions, target=s.target, stat=s.stat, tol=s.tol, c_min=s.c_min, c_max=s.c_max,
+        identity=wanted, calibration_converged=cal["converged"], vector_model=rec,
+        allow_other_model=bool(rec and not same_model(rec, name))))
+    return Path(out)
+
+
+# ------------------------------------------------------------------------------------------------ sweep
+
+
+def read_explicit_calibration(path: Path, *, heldout: Sequence[str] | None, allow_unconverged: bool,
+                              heldout_path: Path | None = None) -> dict[str, Any]:
+    """An explicit calibration file, checked before the model loads: a calibration.json with an identity, its
+    prompts disjoint from the held-out ones, converged (unless allowed)."""
+    from tl_isokl.identity import check_calibration, check_converged
+    from tl_isokl.io import read_json
+
+    cal = read_json(path, kind=dict)
+    if not isinstance(cal.get("c_star"), (int, float)):
+        raise IsoKLError(f"{path} has no numeric c_star; it is not a calibration.json written by `tl-isokl "
+                         f"calibrate`")
+    check_calibration(cal, {}, source=str(path), fix="recalibrate with `tl-isokl calibrate`")
+    if heldout is not None and set(heldout) & set(cal.get("prompts") or []):
+        raise SettingsError(f"--prompts {heldout_path} shares prompts with the calibration prompts of "
+                            f"--calibration {path}; held-out prompts must be disjoint from them")
+    check_converged(cal, allow=allow_unconverged, source=str(path))
+    return cal
+
+
+def sweep_request(s: ExperimentSettings, spec: str, file_vec, ext_cal: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Every setting that changes a sweep's results: the hash behind its default folder name."""
+    from tl_isokl.io import sha256_json
+    from tl_isokl.runpolicy import file_sha
+
+    return {"model": spec, "dtype": s.dtype, "positions": s.positions, "window": s.window,
+            "vector": file_vec.sha256 if file_vec else {"method": s.method, "layer": s.layer, "concept": s.concept},
+            "gate": s.gate, "tau": s.tau, "threshold": s.threshold, "forks": s.schedule,
+            "heldout": file_sha(s.heldout_prompts),
+            "calibration": (sha256_json({k: ext_cal.get(k) for k in ("identity", "c_star")}) if ext_cal
+                            else {"target": s.target, "stat": s.stat, "tol": s.tol, "c_min": s.c_min,
+                                  "c_max": s.c_max, "prompts": file_sha(s.calibration_prompts)})}
+
+
+def _explicit_fix(s: ExperimentSettings) -> str:
+    """What to do when --calibration X was made for something else: the vector saved next to it, if any."""
+    sibling = Path(s.calibration_path).parent / "vector.safetensors"
+    if s.vector_path is None and sibling.is_file():
+        return f"pass the vector it was made with (--vector {sibling}), or drop --calibration to calibrate here"
+    return "pass a calibration made for this vector and model, or drop --calibration to calibrate here"
+
+
+def run_sweep_experiment(s: ExperimentSettings, *, echo: Echo = _quiet, warn: Echo = _quiet,
+                         on_round: Callable | None = None, cal_progress: Callable | None = None,
+                         progress: Callable | None = None, before_cells: Callable[[], None] | None = None):
+    """`tl-isokl sweep`: calibrate unless a calibration is given or found, sweep alpha, write tables, figures and
+    the report; returns the loaded `Run`. Rerunning with the same settings resumes."""
+    from tl_isokl.identity import calibration_identity, check_converged, heldout_transfer, transfer_message
+    from tl_isokl.io import atomic_write_json
+    from tl_isokl.prompts import read_prompts
+    from tl_isokl.runpolicy import (choose_calibration, default_run_path, model_spec, open_run, resolve_vector,
+                                    start_fresh)
+    from tl_isokl.statistics import statistic
+    from tl_isokl.sweep import format_summary, parse_alphas, summary_rows, sweep
+
+    alphas = parse_alphas(s.alphas)
+    statistic(s.stat)
+    file_vec = file_vector(s)
+    heldout_file = read_prompts(s.heldout_prompts) if s.heldout_prompts is not None else None
+    if s.calibration_prompts is not None:
+        cal_file = read_prompts(s.calibration_prompts)
+        if heldout_file is not None and set(heldout_file) & set(cal_file):
+            n = len(set(heldout_file) & set(cal_file))
+            raise SettingsError(f"{n} prompt(s) of --prompts {s.heldout_prompts} are also in --calibration-prompts "
+                             f"{s.calibration_prompts}; held-out prompts must be disjoint from the calibration "
+                             f"prompts")
+    ext_cal = None
+    if s.calibration_path is not None:
+        ext_cal = read_explicit_calibration(s.calibration_path, heldout=heldout_file,
+                                            allow_unconverged=s.allow_unconverged, heldout_path=s.heldout_prompts)
+    spec = model_spec(s.model)
+    out = s.out or default_run_path("sweep", spec, Path(s.vector_path).stem if s.vector_path else s.method,
+                                    file_vec.layer if file_vec else s.layer, s.window,
+                                    sweep_request(s, spec, file_vec, ext_cal))
+    state = open_run(out, fresh=s.fresh, explicit_calibration=ext_cal is not None)
+    rd = state.rd
+
+    model = load(s, echo)
+    vec = resolve_vector(state, model_vector(model, s, file_vec), extracted=file_vec is None)
+    cids, cprompts = prompt_set(model, s.calibration_prompts, "calibration")
+    wanted = calibration_identity(model, vec, cprompts, stat=s.stat, target=s.target, tol=s.tol, window=s.window,
+                                  positions=s.positions, c_min=s.c_min, c_max=s.c_max)
+    cal = choose_calibration(state, wanted, explicit=ext_cal, explicit_source=str(s.calibration_path),
+                             allow_unconverged=s.allow_unconverged,
+                             explicit_fix=_explicit_fix(s) if ext_cal else "")
+    if cal is not None and ext_cal is None:
+        echo(f"resuming: using {rd.calibration_path} (c* = {cal['c_star']:.6g})")
+    removed = start_fresh(state)
+    if removed:
+        echo(f"--fresh: removed {len(removed)} tl-isokl file(s) from {out}")
+    if cal is None:
+        cal = calibrate_verbose(model, vec, cids, cprompts, s, echo=echo, on_round=on_round, progress=cal_progress)
+        if cal["converged"] is False and not s.allow_unconverged:
+            vec.save(rd.vector_path)  # keep the work: a rerun with --allow-unconverged uses it
+            atomic_write_json(rd.calibration_path, cal)
+            check_converged(cal, allow=False, source=f"the calibration (kept in {rd.calibration_path})")
+    ids, prompts = prompt_set(model, s.heldout_prompts, "heldout")
+    echo(f"sweeping {len(alphas)} alphas x {len(prompts)} held-out prompts, window {s.window} -> {out}")
+    if before_cells is not None:
+        before_cells()
+    run = sweep(model, vec, cal, prompts, out, prompt_ids=ids, alphas=alphas, window=s.window,
+                threshold=s.threshold, schedule=s.schedule, positions=s.positions, batch_size=s.batch_size,
+                seed=s.seed, progress=progress, allow_unconverged=s.allow_unconverged,
+                allow_other_model=s.allow_other_model,
+                manifest_extra={"calibration_source": str(Path(s.calibration_path).resolve()) if s.calibration_path
+                                else "calibrated in this run directory", **s.extra})
+    echo(format_summary(summary_rows(run)))
+    if cal.get("converged") is False:
+        warn("the calibration did not converge; used because of --allow-unconverged (recorded in the manifest and "
+             "the report)")
+    check = heldout_transfer(run)
+    if check is not None and check["off"]:
+        warn(transfer_message(check))
+    if s.figures:
+        from tl_isokl.report import draw_figures, write_report
+
+        for p in draw_figures(out):
+            echo(f"figure {p}")
+        echo(f"report {write_report(out)}")
+    return run
