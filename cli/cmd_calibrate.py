@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from tl_isokl_cli.common import (Progress, allow_other_model_option, early_vector, fresh_option, model_options,
-                                 positions_option, vector_options)
+                                 positions_option, stat_option, vector_options)
 from tl_isokl_cli.main import friendly_errors
 
 
@@ -34,10 +34,7 @@ def calibration_options(fn):
                       help="Smallest dose the calibration may try.")(fn)
     fn = click.option("--tol", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05,
                       show_default=True, help="Relative tolerance: accept |stat - target| <= tol x target.")(fn)
-    fn = click.option("--stat", default="p95", show_default=True,
-                      help="Statistic of the pooled per-token KL: p<q> (any quantile, e.g. p99.9), cvar<q> (mean "
-                           "of the tokens at or above the q-th percentile), max, mean, or a registered one "
-                           "(tl_isokl.statistics).")(fn)
+    fn = stat_option(fn)
     fn = click.option("--target-kl", "target", type=click.FloatRange(min=0, min_open=True), default=1.0,
                       show_default=True, help="Target value of the statistic, in nats.")(fn)
     return fn

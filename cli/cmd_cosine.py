@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from tl_isokl_cli.common import (allow_other_model_option, check_out, early_vector, get_vector, load, model_options,
+from tl_isokl_cli.common import (allow_other_model_option, check_out, early_vector, load, model_options,
                                  vector_options)
 from tl_isokl_cli.main import friendly_errors
 
@@ -46,6 +46,7 @@ def command(model_name, dtype, device, vector_path, method, layer, concept, gate
         raise click.UsageError("--calibration is only used with --alpha; pass --alpha A")
     if coeff is not None and not math.isfinite(coeff):
         raise click.BadParameter(f"{coeff} is not a finite number", param_hint="--coeff")
+    from tl_isokl.experiment import ExperimentSettings, model_vector
     from tl_isokl.geometry import PromptIndexError, cosine_report, format_profile, recorded_model, steered_coeff
 
     steered_coeff(coeff=coeff, alpha=alpha, calibration=calibration_path)  # a bad calibration file fails now
@@ -58,7 +59,8 @@ def command(model_name, dtype, device, vector_path, method, layer, concept, gate
     check_out(out if out is not None else Path("runs"))  # before the model loads
 
     model = load(model_name, dtype, device, **({"revision": revision} if revision else {}))
-    vec = get_vector(model, file_vec, method, layer, concept, gate, tau, allow_other_model=allow_other_model)
+    vec = model_vector(model, ExperimentSettings(method=method, layer=layer, concept=concept, gate=gate, tau=tau,
+                                                 allow_other_model=allow_other_model), file_vec)
     try:
         rep = cosine_report(model, vec, text=text, prompt_index=prompt_index, coeff=coeff, alpha=alpha,
                             calibration=calibration_path, out=out)

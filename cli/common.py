@@ -186,32 +186,6 @@ def load(model_name, dtype, device, revision=None):
     return load_model(model_name, dtype=dtype, device=device, revision=revision)
 
 
-def get_vector(model, file_vec, method, layer, concept, gate, tau, *, allow_other_model: bool = False):
-    """The steering vector: the --vector file (loaded by `early_vector`), or one extracted now from --concept.
-
-    A file's vector must fit the model (d_model, layer) and have been extracted on it (its metadata names the
-    model), unless --allow-other-model.
-    """
-    from tl_isokl.identity import check_vector_model
-    from tl_isokl.vector import Gate
-
-    if file_vec is not None:
-        vec = file_vec
-        check_vector_model(vec, model, allow=allow_other_model, source="the --vector file")
-    else:
-        from dataclasses import replace
-
-        from tl_isokl.extract import extract
-
-        pos, neg = concept_sets(model, concept)
-        g = Gate(gate, 0.0 if tau is None else tau) if gate else None
-        vec = extract(model, pos, neg, method=method, layer=layer, gate=g)
-        pos_name, neg_name = check_concept(concept)
-        vec = replace(vec, meta={**vec.meta, "pos_source": f"concept:{pos_name}", "neg_source": f"concept:{neg_name}"})
-    vec.check_model(model)
-    return vec
-
-
 def check_concept(concept: str) -> tuple[str, str]:
     """'cheerful/gloomy' -> ('cheerful', 'gloomy'); a usage error otherwise (checked before loading a model)."""
     if concept.count("/") != 1:
@@ -229,18 +203,6 @@ def concept_sets(model, concept: str) -> tuple[list[str], list[str]]:
         return default_concepts(model, pos_name, neg_name)
     except ValueError as e:  # IsoKLError: an unknown concept name is a usage error of --concept
         raise click.BadParameter(str(e), param_hint="--concept") from None
-
-
-def get_prompts(model, path, kind):
-    """(ids, prompts) from a file, or the model's default set of this kind."""
-    if path is not None:
-        from tl_isokl.prompts import read_prompts
-
-        prompts = read_prompts(path)
-        return [f"{kind[:3]}{i:03d}" for i in range(len(prompts))], prompts
-    from tl_isokl.prompt_sets import default_prompts
-
-    return default_prompts(model, kind)
 
 
 class Progress:
