@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,6 +38,24 @@ import torch
 PREFILL = '\nI should answer now.</think>{"value": '
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 ANSWERS = (("true", True), ("false", False))
+
+
+class Stopwatch:
+    """Wall and process-CPU seconds accumulated per stage. CPU time is the steadier number on a shared box (a
+    one-thread process that waits for a core is not charged for the wait)."""
+
+    def __init__(self, names):
+        self.wall = {n: 0.0 for n in names}
+        self.cpu = {n: 0.0 for n in names}
+
+    @contextmanager
+    def __call__(self, name):
+        w, c = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            self.wall[name] = self.wall.get(name, 0.0) + time.perf_counter() - w
+            self.cpu[name] = self.cpu.get(name, 0.0) + time.process_time() - c
 
 
 # ---------------------------------------------------------------------------------------------------- tokens
@@ -270,7 +289,7 @@ def run(model, vector, cal_prompts: list[str], heldout: list[tuple[str, str]], a
     `mark(stage)` is called after each stage (the harness reads peak RSS there).
     """
     stops = stop_ids(model)
-    times = {"calibration": 0.0, "rollout": 0.0, "kl": 0.0, "probe": 0.0}
+    sw = Stopwatch(("calibration", "rollout", "kl", "probe"))
     cal_ids = [encode(model, p) for p in cal_prompts]
     cal_parts = {"rollout": 0.0, "kl": 0.0}
 
@@ -280,9 +299,8 @@ def run(model, vector, cal_prompts: list[str], heldout: list[tuple[str, str]], a
             cal_parts[k] += parts[k]
         return v
 
-    t0 = time.perf_counter()
-    bis = bisect(evaluate, target=target, tol=tol)
-    times["calibration"] = time.perf_counter() - t0
+    with sw("calibration"):
+        bis = bisect(evaluate, target=target, tol=tol)
     if mark:
         mark("calibration")
     cells = {}
@@ -291,16 +309,12 @@ def run(model, vector, cal_prompts: list[str], heldout: list[tuple[str, str]], a
         rows = []
         for pid, prompt in heldout:
             ids = encode(model, prompt)
-            t = time.perf_counter()
-            toks, eos = rollout_one(model, vector, ids, c, window, stops)
-            t1 = time.perf_counter()
-            kl = kl_one(model, vector, ids, toks, c)
-            t2 = time.perf_counter()
-            fk = probe_rollout(model, vector, prompt, ids, toks, eos, c)
-            t3 = time.perf_counter()
-            times["rollout"] += t1 - t
-            times["kl"] += t2 - t1
-            times["probe"] += t3 - t2
+            with sw("rollout"):
+                toks, eos = rollout_one(model, vector, ids, c, window, stops)
+            with sw("kl"):
+                kl = kl_one(model, vector, ids, toks, c)
+            with sw("probe"):
+                fk = probe_rollout(model, vector, prompt, ids, toks, eos, c)
             d = death(fk, threshold)
             rows.append({"id": pid, "died": d is not None, "death": d, "length": len(toks), "eos": eos,
                          "tokens": toks, "forks": [[t_, pm] for t_, pm in fk],
@@ -309,5 +323,6 @@ def run(model, vector, cal_prompts: list[str], heldout: list[tuple[str, str]], a
     if mark:
         mark("sweep")
     return {"c_star": bis.c_star, "achieved": bis.achieved, "converged": bis.converged,
-            "doses": len(bis.steps), "steps": bis.steps, "times": times, "calibration_parts": cal_parts,
+            "doses": len(bis.steps), "steps": bis.steps, "times": sw.wall, "cpu_times": sw.cpu,
+            "calibration_parts": cal_parts,
             "cells": cells}

@@ -14,6 +14,11 @@ anything). Both sides load the embedded model and extract the same mean-diff vec
     KL            per-token KL(steered || base) of each of those rollouts
     probe         fork probes (log2 forks, skip after the model's own </think>), deaths at pmass < 0.75
 
+CPU floor (tl-isokl side, after its measured work; `--floor-doses 0` skips it): the raw HF model's best one-thread
+throughput (sdpa, no bridge; batched decode, teacher-forced passes) times the work no implementation can avoid:
+the sweep's rollouts, N calibration doses (default 4), one base pass per steered rollout for KL, and each fork's
+shared prefill. The table gives tl-isokl / floor beside baseline / tl-isokl.
+
 Agreement: c* within the calibration tolerance (relative 5%), and the same deaths per alpha. Each side sweeps at
 its own c*, so a small c* difference moves every dose a little; a fork whose pmass sits near the threshold can
 then flip. Every disagreement is printed with both sides' pmass at the forks involved.
@@ -82,10 +87,12 @@ def run_tl_isokl(model, vector, cal_prompts, heldout, alphas, window, mark=None)
     import tl_isokl as ik
     from tl_isokl.rollout import grid
 
-    times = {s: 0.0 for s in STAGES}
-    t0 = time.perf_counter()
-    cal = ik.calibrate(model, vector, cal_prompts, window=window)
-    times["calibration"] = time.perf_counter() - t0
+    sys.path.insert(0, str(HERE))
+    from baseline import Stopwatch
+
+    sw = Stopwatch(STAGES)
+    with sw("calibration"):
+        cal = ik.calibrate(model, vector, cal_prompts, window=window)
     if mark:
         mark("calibration")
     pids = [i for i, _ in heldout]
@@ -94,16 +101,12 @@ def run_tl_isokl(model, vector, cal_prompts, heldout, alphas, window, mark=None)
     for a in alphas:
         c = float(a) * cal.c_star
         P, C, I = grid(prompts, [c], pids)
-        t = time.perf_counter()
-        rolls = ik.rollout(model, vector, P, C, prompt_ids=I, window=window, batch_size=32)
-        t1 = time.perf_counter()
-        kls = ik.per_token_kl(model, vector, rolls, batch_size=32)
-        t2 = time.perf_counter()
-        probes = ik.probe(model, vector, rolls, batch_size=8)
-        t3 = time.perf_counter()
-        times["rollout"] += t1 - t
-        times["kl"] += t2 - t1
-        times["probe"] += t3 - t2
+        with sw("rollout"):
+            rolls = ik.rollout(model, vector, P, C, prompt_ids=I, window=window, batch_size=32)
+        with sw("kl"):
+            kls = ik.per_token_kl(model, vector, rolls, batch_size=32)
+        with sw("probe"):
+            probes = ik.probe(model, vector, rolls, batch_size=8)
         rows = []
         for r, k, fk in zip(rolls, kls, probes):
             forks = [[f.t, f.pmass] for f in fk]
@@ -114,8 +117,77 @@ def run_tl_isokl(model, vector, cal_prompts, heldout, alphas, window, mark=None)
         cells[str(a)] = rows
     if mark:
         mark("sweep")
+    from tl_isokl.tokens import encode
+
     return {"c_star": cal.c_star, "achieved": cal.achieved, "converged": cal.converged, "doses": len(cal.history),
-            "rounds": cal.rounds, "times": times, "cells": cells}
+            "rounds": cal.rounds, "times": sw.wall, "cpu_times": sw.cpu, "cells": cells,
+            "cal_tokens_per_dose": sum(sum(p.lengths) for p in cal.history) / max(len(cal.history), 1),
+            "cal_prompt_tokens": sum(len(encode(model, p)) for p in cal_prompts),
+            "prompt_tokens": {i: len(encode(model, p)) for i, p in heldout}}
+
+
+# ------------------------------------------------------------------------------------------------ CPU floor
+def raw_hf_throughput(model, window: int, rows: int = 128, tf_rows: int = 32) -> dict:
+    """Best one-thread throughput of the raw HF model (no bridge, sdpa): greedy decode of `rows` rows for `window`
+    steps (HF DynamicCache and the copy-free cache of prealloc_cache.py; the better one), and teacher-forced
+    tokens/s over `tf_rows` sequences of prompt + window tokens (logits of the last position only)."""
+    import torch
+    from transformers import AutoModelForCausalLM, DynamicCache
+
+    sys.path.insert(0, str(HERE))
+    from prealloc_cache import growing_cache
+    from tl_isokl.tokens import encode, pad_batch, pad_id, position_ids
+
+    import tl_isokl as ik
+
+    hf = AutoModelForCausalLM.from_pretrained(model.tl_isokl_info["path"], attn_implementation="sdpa",
+                                              dtype=torch.float32).eval()
+    _, prompts = ik.default_prompts(model, "heldout")
+    seqs = [encode(model, p) for p in (prompts * (rows // len(prompts) + 1))[:rows]]
+    ids, mask = pad_batch(seqs, pad_id(model), side="left")
+    best = 0.0
+    with torch.no_grad():
+        for make in (DynamicCache, growing_cache):
+            m = mask.clone()
+            t = time.perf_counter()
+            out = hf(input_ids=ids, attention_mask=m, position_ids=position_ids(m), past_key_values=make(),
+                     use_cache=True)
+            cache, nxt = out.past_key_values, out.logits[:, -1].argmax(-1)
+            for _ in range(window - 1):
+                m = torch.cat([m, torch.ones_like(m[:, :1])], 1)
+                out = hf(input_ids=nxt[:, None], attention_mask=m, position_ids=m.sum(1, keepdim=True) - 1,
+                         past_key_values=cache, use_cache=True)
+                cache, nxt = out.past_key_values, out.logits[:, -1].argmax(-1)
+            best = max(best, rows * window / (time.perf_counter() - t))
+        seqs = [s + [5 + (7 * j) % 900 for j in range(window)] for s in seqs[:tf_rows]]
+        ids, mask = pad_batch(seqs, pad_id(model), side="left")
+        hf(input_ids=ids[:2], attention_mask=mask[:2], position_ids=position_ids(mask[:2]), logits_to_keep=1)
+        t = time.perf_counter()
+        hf(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), logits_to_keep=1)
+        tf = int(mask.sum()) / (time.perf_counter() - t)
+    return {"decode_tok_s": best, "tf_tok_s": tf, "rows": rows, "window": window}
+
+
+def cpu_floor(lib: dict, thr: dict, doses: int, prefill_len: int) -> dict:
+    """Seconds the work cannot go below on this machine: every token that must be decoded at the raw model's best
+    batched decode rate, every token that must be teacher-forced at its best teacher-forced rate.
+
+    Unavoidable: the sweep's rollouts (every alpha); `doses` calibration doses at tl-isokl's mean tokens per dose;
+    one base (unsteered) teacher-forced pass per steered rollout for KL (the steered logits come from the decode;
+    alpha = 0 needs none); for the probe, the shared prefill of each fork (its answer tokens are read from the
+    prefill's last position, and the rollout prefix's K/V exist already)."""
+    P = lib["prompt_tokens"]
+    dec_sweep = sum(r["length"] for rows in lib["cells"].values() for r in rows)
+    dec_cal = doses * lib["cal_tokens_per_dose"]
+    kl_sweep = sum(P[r["id"]] + r["length"] for a, rows in lib["cells"].items() if float(a) != 0 for r in rows)
+    kl_cal = doses * (lib["cal_tokens_per_dose"] + lib["cal_prompt_tokens"])
+    forks = sum(len(r["forks"]) for rows in lib["cells"].values() for r in rows)
+    out = {"calibration": dec_cal / thr["decode_tok_s"] + kl_cal / thr["tf_tok_s"],
+           "rollout": dec_sweep / thr["decode_tok_s"], "kl": kl_sweep / thr["tf_tok_s"],
+           "probe": forks * prefill_len / thr["tf_tok_s"]}
+    out["total"] = sum(out.values())
+    out.update(doses=doses, forks=forks, throughput=thr)
+    return out
 
 
 def run_side(side: str, cfg: dict, threads: int = 1, model=None, vector=None) -> dict:
@@ -140,7 +212,17 @@ def run_side(side: str, cfg: dict, threads: int = 1, model=None, vector=None) ->
     else:
         raise ValueError(side)
     res["times"]["total"] = sum(res["times"][s] for s in STAGES)
+    res["cpu_times"]["total"] = sum(res["cpu_times"][s] for s in STAGES)
     res.update(side=side, load_s=load_s, rss_mb=marks, peak_rss_mb=rss_mb(), threads=threads)
+    if side == "tl_isokl" and cfg.get("floor_doses"):  # after the RSS reading: not part of the measured work
+        from tl_isokl.probe import PREFILL
+        from tl_isokl.tokens import encode
+
+        pre = encode(model, PREFILL, bos=False)
+        both = encode(model, PREFILL + "true", bos=False)
+        lcp = next((i for i, (a, b) in enumerate(zip(pre, both)) if a != b), min(len(pre), len(both)))
+        thr = raw_hf_throughput(model, cfg["window"])
+        res["floor"] = cpu_floor(res, thr, cfg["floor_doses"], lcp)  # positions up to the last shared one
     return res
 
 
@@ -152,7 +234,8 @@ def run_child(side: str, cfg: dict, threads: int) -> dict:
         out = Path(d) / f"{side}.json"
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child", side, "--child-out", str(out),
                "--window", str(cfg["window"]), "--n-cal", str(cfg["n_cal"]), "--n-heldout", str(cfg["n_heldout"]),
-               "--alphas", ",".join(str(a) for a in cfg["alphas"]), "--threads", str(threads)]
+               "--alphas", ",".join(str(a) for a in cfg["alphas"]), "--threads", str(threads),
+               "--floor-doses", str(cfg.get("floor_doses", 0))]
         t = time.perf_counter()
         subprocess.run(cmd, check=True)
         res = json.loads(out.read_text())
@@ -202,11 +285,21 @@ def report(base: dict, lib: dict, cmp: dict, cfg: dict) -> str:
     L.append(f"workload: {cfg['n_cal']} calibration + {cfg['n_heldout']} held-out prompts, window {cfg['window']}, "
              f"alphas {', '.join(f'{a:g}' for a in cfg['alphas'])}, log2 forks, torch threads {lib['threads']}; "
              f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
-             f"load avg {os.getloadavg()[0]:.2f}")
-    L.append(f"{'stage':<12} {'baseline s':>11} {'tl-isokl s':>11} {'ratio':>7}")
+             f"load avg {os.getloadavg()[0]:.2f} at the end (other processes share the box: compare wall with CPU)")
+    fl = lib.get("floor")
+    L.append(f"{'stage':<12} {'baseline s':>11} {'tl-isokl s':>11} {'ratio':>7} {'(CPU s: base':>13} "
+             f"{'tl-isokl':>9} {'ratio)':>7}" + (f" {'CPU floor s':>12} {'tl-isokl/floor':>15}" if fl else ""))
     for s in STAGES + ("total",):
         b, t = base["times"][s], lib["times"][s]
-        L.append(f"{s:<12} {b:>11.2f} {t:>11.2f} {b / t if t else float('nan'):>6.1f}x")
+        bc, tc = base["cpu_times"][s], lib["cpu_times"][s]
+        L.append(f"{s:<12} {b:>11.2f} {t:>11.2f} {b / t if t else float('nan'):>6.1f}x {bc:>13.2f} {tc:>9.2f} "
+                 f"{bc / tc if tc else float('nan'):>6.1f}x" + (f" {fl[s]:>12.2f} {t / fl[s]:>14.1f}x" if fl else ""))
+    if fl:
+        th = fl["throughput"]
+        L.append(f"CPU floor: raw HF model (sdpa, no bridge), 1 thread: decode {th['decode_tok_s']:,.0f} tok/s "
+                 f"(batch {th['rows']}), teacher-forced {th['tf_tok_s']:,.0f} tok/s; unavoidable work = the sweep's "
+                 f"rollouts, {fl['doses']} calibration doses, one base pass per steered rollout (KL), each fork's "
+                 f"shared prefill ({fl['forks']} forks); baseline / floor {base['times']['total'] / fl['total']:.1f}x")
     L.append(f"calibration doses: baseline {base['doses']} (bisection, one per step); tl-isokl {lib['doses']} "
              f"in {lib['rounds']} batched rounds")
     for side, r in (("baseline", base), ("tl-isokl", lib)):
@@ -232,7 +325,8 @@ def report(base: dict, lib: dict, cmp: dict, cfg: dict) -> str:
                  f"tl-isokl {d['death_tl_isokl']} (same tokens: {d['same_tokens']}); pmass b/t near the threshold: "
                  + ("; ".join(near) or "none"))
     tot = base["times"]["total"] / lib["times"]["total"]
-    L.append(f"ratio (baseline / tl-isokl, total of the four stages): {tot:.2f}x")
+    cpu = base["cpu_times"]["total"] / lib["cpu_times"]["total"]
+    L.append(f"ratio (baseline / tl-isokl, total of the four stages): {tot:.2f}x wall ({cpu:.2f}x CPU time)")
     return "\n".join(L)
 
 
@@ -250,6 +344,7 @@ def parse_cfg(args) -> dict:
         cfg["n_heldout"] = args.n_heldout
     if args.alphas:
         cfg["alphas"] = tuple(float(a) for a in args.alphas.split(","))
+    cfg["floor_doses"] = args.floor_doses if args.floor_doses is not None else (0 if args.quick else 4)
     return cfg
 
 
@@ -261,6 +356,9 @@ def main(argv=None):
     ap.add_argument("--n-heldout", type=int)
     ap.add_argument("--alphas", help="comma-separated multiples of c*")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--floor-doses", type=int, default=None,
+                    help="calibration doses counted as unavoidable in the CPU floor (0: skip the floor; "
+                         "default 4, 0 with --quick)")
     ap.add_argument("--inprocess", action="store_true", help="run both sides in this process (shared RSS)")
     ap.add_argument("--json", help="write all numbers to this file")
     ap.add_argument("--child", choices=("baseline", "tl_isokl"), help=argparse.SUPPRESS)

@@ -8,7 +8,8 @@
     python benchmarks/investigate_speed.py batching  [--window 256]               rollout 16 rows vs 128 rows
     python benchmarks/investigate_speed.py all
 
-Nothing here changes tl_isokl: the native-attention prototype (benchmarks/native_attention.py) is switched on at
+Times are CPU seconds of this process (time.process_time; one torch thread), which stay steady when other jobs
+share the 2-core box, unlike wall time. Nothing here changes tl_isokl: the native-attention prototype (benchmarks/native_attention.py) is switched on at
 run time on the loaded model only. Numbers are printed; benchmarks/README.md records a run.
 """
 
@@ -65,17 +66,29 @@ def run_cell(model, vec, P, C, I, window, roll_batch=32, kl_batch=32, probe_batc
     import tl_isokl as ik
 
     t = {}
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     rolls = ik.rollout(model, vec, P, C, prompt_ids=I, window=window, batch_size=roll_batch)
-    t["rollout"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    t["rollout"] = time.process_time() - t0
+    t0 = time.process_time()
     kls = ik.per_token_kl(model, vec, rolls, batch_size=kl_batch)
-    t["kl"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    t["kl"] = time.process_time() - t0
+    t0 = time.process_time()
     probes = ik.probe(model, vec, rolls, batch_size=probe_batch)
-    t["probe"] = time.perf_counter() - t0
+    t["probe"] = time.process_time() - t0
     t["cell"] = sum(t.values())
     return t, rolls, kls, probes
+
+
+def set_mode(model, native: bool, fast: bool) -> None:
+    """Switch the two runtime prototypes: native attention (per model) and the bridge fast path (per process)."""
+    from bridge_fastpath import disable_fastpath, enable_fastpath
+    from native_attention import disable_native_attention, enable_native_attention
+
+    (enable_native_attention if native else disable_native_attention)(model)
+    (enable_fastpath if fast else disable_fastpath)()
+
+
+MODES = (("eager", False, False), ("native", True, False), ("native+fast", True, True))
 
 
 # ------------------------------------------------------------------------------------------------ profile
@@ -126,42 +139,36 @@ def _direct_from(stats: pstats.Stats, op: str, caller_file: str, caller_func: st
 
 
 def cmd_profile(args):
-    import torch  # noqa: F401
+    import tl_isokl as ik
 
     model, vec = setup()
-    if args.native:
-        from native_attention import enable_native_attention
-
-        enable_native_attention(model)
+    set_mode(model, args.native, args.fastpath)
     P, C, I = cell_rows(model, args.rows)
     run_cell(model, vec, P[:2], C[:2], I[:2], 8)  # warm-up
-    results = {}
-    for stage in ("rollout", "kl", "probe"):
-        results[stage] = None
-    import tl_isokl as ik
 
     prof = {}
     pr = cProfile.Profile()
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     pr.enable()
     rolls = ik.rollout(model, vec, P, C, prompt_ids=I, window=args.window, batch_size=32)
     pr.disable()
-    prof["rollout"] = (pr, time.perf_counter() - t0)
+    prof["rollout"] = (pr, time.process_time() - t0)
     pr = cProfile.Profile()
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     pr.enable()
     ik.per_token_kl(model, vec, rolls, batch_size=32)
     pr.disable()
-    prof["kl"] = (pr, time.perf_counter() - t0)
+    prof["kl"] = (pr, time.process_time() - t0)
     pr = cProfile.Profile()
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     pr.enable()
     ik.probe(model, vec, rolls, batch_size=8)
     pr.disable()
-    prof["probe"] = (pr, time.perf_counter() - t0)
+    prof["probe"] = (pr, time.process_time() - t0)
     ntok = sum(r.length for r in rolls)
     print(f"profile: one alpha-1 cell, {args.rows} rows, window {args.window}, {ntok} generated tokens, "
-          f"attention {'native sdpa (prototype)' if args.native else 'bridge eager (default)'}; wall under cProfile:")
+          f"attention {'native sdpa (prototype)' if args.native else 'bridge eager (default)'}"
+          f"{', bridge fast path (prototype)' if args.fastpath else ''}; CPU s under cProfile:")
     allstats = None
     for stage, (pr, wall) in prof.items():
         st = pstats.Stats(pr)
@@ -203,8 +210,8 @@ def cmd_native(args):
     import torch
 
     import tl_isokl as ik
-    from native_attention import disable_native_attention, enable_native_attention
-    from tl_isokl.probe import default_forks, probe_reference
+    from native_attention import enable_native_attention
+    from tl_isokl.probe import probe_reference
 
     model, vec = setup()
     print("native attention prototype: AttentionBridge.forward delegation + HF sdpa (see native_attention.py)")
@@ -250,30 +257,35 @@ def cmd_native(args):
     import baseline
 
     P, C, I = cell_rows(model, args.rows, alpha=1.0)
-    disable_native_attention(model)
-    run_cell(model, vec, P[:2], C[:2], I[:2], 8)
-    te, re_, ke, pe = run_cell(model, vec, P, C, I, args.window)
-    enable_native_attention(model)
-    run_cell(model, vec, P[:2], C[:2], I[:2], 8)
-    tn, rn, kn, pn = run_cell(model, vec, P, C, I, args.window)
-    same = sum(x.tokens == y.tokens for x, y in zip(re_, rn))
-    kd = max(float(np.abs(x - y).max()) if len(x) else 0.0 for x, y in zip(ke, kn) if len(x) == len(y))
-    brute = [baseline.kl_one(model, vec, r.prompt_tokens, r.tokens, r.coeff) for r in rn[:4]]
-    kb = max(float(np.abs(x - y).max()) for x, y in zip(brute, kn[:4]))
-    pd = max(abs(a.pmass - b.pmass) for fa, fb in zip(pe, pn) for a, b in zip(fa, fb))
-    ref_gap = 0.0
-    for r, fk in list(zip(rn, pn))[:2]:
-        for f in fk[:4]:
-            ref_gap = max(ref_gap, abs(probe_reference(model, vec, r, f.t).pmass - f.pmass))
-    print(f"  rollouts token-identical native vs eager: {same}/{len(re_)}; KL max |d| native vs eager {kd:.2e}, "
-          f"native KL vs brute-force re-scoring (native) {kb:.2e}; probe pmass max |d| native vs eager {pd:.2e}, "
-          f"packed-native vs probe_reference {ref_gap:.2e}")
-    ntok = sum(r.length for r in rn)
+    out = {}
+    for name, nat, fast in MODES:
+        set_mode(model, nat, fast)
+        run_cell(model, vec, P[:2], C[:2], I[:2], 8)  # warm-up
+        out[name] = run_cell(model, vec, P, C, I, args.window)
+    set_mode(model, False, False)  # references below: the library's default path
+    te, re_, ke, pe = out["eager"]
+    brute = {name: [baseline.kl_one(model, vec, r.prompt_tokens, r.tokens, r.coeff) for r in o[1][:4]]
+             for name, o in out.items()}
+    for name, (t, rr, kk, pp) in out.items():
+        if name == "eager":
+            continue
+        same = sum(x.tokens == y.tokens for x, y in zip(re_, rr))
+        kd = max(float(np.abs(x - y).max()) if len(x) else 0.0 for x, y in zip(ke, kk) if len(x) == len(y))
+        kb = max(float(np.abs(x - y).max()) for x, y in zip(brute[name], kk[:4]))
+        pd = max(abs(a.pmass - b.pmass) for fa, fb in zip(pe, pp) for a, b in zip(fa, fb))
+        ref_gap = 0.0
+        for r, fk in list(zip(rr, pp))[:2]:
+            for f in fk[:4]:
+                ref_gap = max(ref_gap, abs(probe_reference(model, vec, r, f.t).pmass - f.pmass))
+        print(f"  {name}: rollouts token-identical to eager {same}/{len(re_)}; KL max |d| vs eager {kd:.1e}, vs "
+              f"brute-force re-scoring (two full-logit eager forwards) {kb:.1e}; probe pmass max |d| vs eager "
+              f"{pd:.1e}, vs probe_reference (eager, one forward per fork) {ref_gap:.1e}")
+    ntok = sum(r.length for r in re_)
     print(f"  speed, one alpha-1 cell of {args.rows} rows, window {args.window} ({ntok} tokens), seconds:")
-    print(f"    {'stage':<8} {'eager':>7} {'native':>7} {'speedup':>8}")
-    for s in ("rollout", "kl", "probe", "cell"):
-        print(f"    {s:<8} {te[s]:7.2f} {tn[s]:7.2f} {te[s] / tn[s]:7.2f}x")
-    disable_native_attention(model)
+    print(f"    {'stage':<8}" + "".join(f"{n:>12}" for n in out) + "   speedup of the last")
+    for s_ in ("rollout", "kl", "probe", "cell"):
+        last = list(out.values())[-1][0][s_]
+        print(f"    {s_:<8}" + "".join(f"{o[0][s_]:12.2f}" for o in out.values()) + f"   {te[s_] / last:.2f}x")
 
 
 # ------------------------------------------------------------------------------------------------ per-step overhead
@@ -292,7 +304,7 @@ def _decode_steps(om, ids, mask, steps, hooks_ctx=None):
                  use_cache=True)
         cache = out.past_key_values
         nxt = out.logits[:, -1].argmax(-1)
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         for _ in range(steps):
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
             pos = mask.sum(1, keepdim=True) - 1
@@ -300,7 +312,7 @@ def _decode_steps(om, ids, mask, steps, hooks_ctx=None):
                      use_cache=True)
             cache = out.past_key_values
             nxt = out.logits[:, -1].argmax(-1)
-        return (time.perf_counter() - t0) / steps * 1e3
+        return (time.process_time() - t0) / steps * 1e3
 
 
 def _teacher_forced(om, ids, mask, reps=3):
@@ -310,10 +322,10 @@ def _teacher_forced(om, ids, mask, reps=3):
 
     with torch.no_grad():
         om(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), logits_to_keep=1)
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         for _ in range(reps):
             om(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), logits_to_keep=1)
-        return (time.perf_counter() - t0) / reps
+        return (time.process_time() - t0) / reps
 
 
 def cmd_overhead(args):
@@ -321,7 +333,6 @@ def cmd_overhead(args):
     from transformers import AutoModelForCausalLM
 
     import tl_isokl as ik
-    from native_attention import disable_native_attention, enable_native_attention
     from tl_isokl.steer import Steering
     from tl_isokl.tokens import encode, pad_batch, pad_id
     from transformer_lens.hook_points import HookPoint
@@ -348,11 +359,11 @@ def cmd_overhead(args):
         st = Steering(vec, torch.full((B,), C_STAR))
         steer_ctx = lambda: model.hooks(fwd_hooks=st.fwd_hooks())  # noqa: E731
         r = {"B": B}
-        disable_native_attention(model)
-        r["bridge eager (today)"] = _decode_steps(model.original_model, ids, mask, steps, steer_ctx())
-        enable_native_attention(model)
-        r["bridge + HF sdpa (prototype)"] = _decode_steps(model.original_model, ids, mask, steps, steer_ctx())
-        disable_native_attention(model)
+        for name, nat, fast in (("bridge eager (today)", False, False), ("bridge eager + fastpath", False, True),
+                                ("bridge + HF sdpa", True, False), ("bridge + HF sdpa + fastpath", True, True)):
+            set_mode(model, nat, fast)
+            r[name] = _decode_steps(model.original_model, ids, mask, steps, steer_ctx())
+        set_mode(model, False, False)
         for impl, m in hf.items():
             # the steering as a plain torch forward hook on the HF decoder layer: the least any hook can cost
             v = vec.direction * C_STAR
@@ -363,43 +374,43 @@ def cmd_overhead(args):
                 h.remove()
         rows.append(r)
     keys = [k for k in rows[0] if k != "B"]
-    print(f"  {'':<30}" + "".join(f"{'B=' + str(r['B']):>16}" for r in rows))
+    print(f"  {'':<30}" + "".join(f"{'B=' + str(r['B']):>22}" for r in rows))
     for k in keys:
-        print(f"  {k:<30}" + "".join(f"{r[k]:8.2f} ms {r['B'] / r[k] * 1e3:5.0f}/s"[:16].rjust(16) for r in rows))
+        print(f"  {k:<30}" + "".join(f"{r[k]:7.2f} ms {r['B'] / r[k] * 1e3:6.0f} tok/s".rjust(22) for r in rows))
     # HookPoint calls per decode step, and the cost of one
     HookPoint.forward = counting
     try:
         seqs = [encode(model, p) for p in prompts[:4]]
         ids, mask = pad_batch(seqs, pad_id(model), side="left")
-        calls[0] = 0
-        _decode_steps(model.original_model, ids, mask, 10)
-        per_step = calls[0] / 11
-        enable_native_attention(model)
-        calls[0] = 0
-        _decode_steps(model.original_model, ids, mask, 10)
-        per_step_native = calls[0] / 11
-        disable_native_attention(model)
+        per = {}
+        for name, nat, fast in MODES:
+            set_mode(model, nat, fast)
+            calls[0] = 0
+            _decode_steps(model.original_model, ids, mask, 10)
+            per[name] = calls[0] / 11  # prefill + 10 steps
     finally:
         HookPoint.forward = orig
+        set_mode(model, False, False)
+    per_step = per["eager"]
     hp = HookPoint()
     x = torch.zeros(4, 1, 192)
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     for _ in range(20000):
         hp(x)
-    us = (time.perf_counter() - t0) / 20000 * 1e6
-    print(f"  HookPoint calls per decode step: {per_step:.0f} (bridge eager), {per_step_native:.0f} (native); "
+    us = (time.process_time() - t0) / 20000 * 1e6
+    print("  HookPoint calls per decode step: " + ", ".join(f"{v:.0f} ({k})" for k, v in per.items()) + "; "
           f"one call with no hook attached costs {us:.2f} us -> {per_step * us / 1e3:.2f} ms/step of pure hook-point "
           f"dispatch; {len(model.hook_dict)} hook points on the model")
     # teacher-forced throughput (the CPU floor for KL / probe passes)
     seqs = [encode(model, p) + list(range(5, 5 + args.window)) for p in prompts[:16]]
     ids, mask = pad_batch(seqs, pad_id(model), side="left")
     ntok = int(mask.sum())
-    tf = {"bridge eager (run via original_model)": None}
-    disable_native_attention(model)
-    tf["bridge eager (run via original_model)"] = _teacher_forced(model.original_model, ids, mask)
-    enable_native_attention(model)
-    tf["bridge + HF sdpa (prototype)"] = _teacher_forced(model.original_model, ids, mask)
-    disable_native_attention(model)
+    tf = {}
+    for name, nat, fast in (("bridge eager (today)", False, False), ("bridge eager + fastpath", False, True),
+                            ("bridge + HF sdpa", True, False), ("bridge + HF sdpa + fastpath", True, True)):
+        set_mode(model, nat, fast)
+        tf[name] = _teacher_forced(model.original_model, ids, mask)
+    set_mode(model, False, False)
     for impl, m in hf.items():
         tf[f"raw HF {impl}"] = _teacher_forced(m, ids, mask)
     print(f"  teacher-forced forward, 16 rows x {ids.shape[1]} tokens ({ntok} real):")
@@ -422,10 +433,11 @@ m = ik.load_model(device="cpu"); out["load_model"] = rss()
 v = ik.extract(m, *ik.default_concepts(m)); out["extract"] = rss()
 if {native!r}:
     from native_attention import enable_native_attention; enable_native_attention(m)
+    from bridge_fastpath import enable_fastpath; enable_fastpath()
 from investigate_speed import cell_rows
 P, C, I = cell_rows(m, {rows})
 stage = {stage!r}
-t = time.perf_counter()
+t = time.process_time()
 if stage == "calibrate":
     _, cal = ik.default_prompts(m, "calibration")
     ik.calibrate(m, v, cal[:{rows}], window={window})
@@ -435,7 +447,7 @@ else:
         ik.per_token_kl(m, v, rolls, batch_size=32); out["kl"] = rss()
     if stage == "probe":
         ik.probe(m, v, rolls, batch_size=8); out["probe"] = rss()
-out[stage + " (end)"] = rss(); out["seconds"] = time.perf_counter() - t
+out[stage + " (end)"] = rss(); out["seconds"] = time.process_time() - t
 print(json.dumps(out))
 """
 
@@ -453,7 +465,7 @@ def cmd_memory(args):
         if k != "seconds":
             print(f"  {k:<24} {v:7.0f}")
     n = _mem_child("probe", args.rows, args.window, True)
-    print(f"  same with the native-attention prototype: rollout {n['rollout']:.0f}, kl {n['kl']:.0f}, probe "
+    print(f"  same with native attention + fast path: rollout {n['rollout']:.0f}, kl {n['kl']:.0f}, probe "
           f"{n['probe']:.0f} (load {n['load_model']:.0f})")
     c = _mem_child("calibrate", 32, args.window, False)
     print(f"  calibrate, 32 prompts x 5 doses per round, window {args.window}: peak {c['calibrate (end)']:.0f} MB "
@@ -464,35 +476,43 @@ def cmd_memory(args):
 
 # ------------------------------------------------------------------------------------------------ batching
 def cmd_batching(args):
+    import contextlib
+
     import tl_isokl as ik
-    from native_attention import disable_native_attention, enable_native_attention
+    from prealloc_cache import patched_dynamic_cache
     from tl_isokl.rollout import grid
 
     model, vec = setup()
     ids, prompts = ik.default_prompts(model, "heldout")
     alphas = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0)
     P, C, I = grid(prompts[:16], [a * C_STAR for a in alphas], ids[:16])
-    print(f"rollout, window {args.window}: 8 alpha cells of 16 rows one cell at a time (batch 16, the sweep today) "
-          f"vs all 128 rows in one decode batch:")
-    for native in (False, True):
-        (enable_native_attention if native else disable_native_attention)(model)
-        ik.rollout(model, vec, P[:2], C[:2], window=8)
-        t0 = time.perf_counter()
-        per_cell = []
-        for k in range(8):
-            sl = slice(16 * k, 16 * (k + 1))
-            r = ik.rollout(model, vec, P[sl], C[sl], prompt_ids=I[sl], window=args.window, batch_size=32)
-            per_cell += r
-        t_cells = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        together = ik.rollout(model, vec, P, C, prompt_ids=I, window=args.window, batch_size=128)
-        t_all = time.perf_counter() - t0
+    print(f"rollout, window {args.window}: 8 alpha cells of 16 rows one cell at a time (the sweep today) vs all 128 "
+          f"rows in one decode batch; prototypes: native = HF sdpa, fast = bridge fast path, grow = KV cache "
+          f"without per-step torch.cat (prealloc_cache.py):")
+    ref = None
+    for name, native, fast, grow in (("eager (today)", False, False, False), ("eager+fast", False, True, False),
+                                     ("eager+fast+grow", False, True, True), ("native+fast", True, True, False),
+                                     ("native+fast+grow", True, True, True)):
+        set_mode(model, native, fast)
+        ctx = patched_dynamic_cache if grow else contextlib.nullcontext
+        with ctx():
+            ik.rollout(model, vec, P[:2], C[:2], window=8)
+            t0 = time.process_time()
+            per_cell = []
+            for k in range(8):
+                sl = slice(16 * k, 16 * (k + 1))
+                per_cell += ik.rollout(model, vec, P[sl], C[sl], prompt_ids=I[sl], window=args.window, batch_size=32)
+            t_cells = time.process_time() - t0
+            t0 = time.process_time()
+            together = ik.rollout(model, vec, P, C, prompt_ids=I, window=args.window, batch_size=128)
+            t_all = time.process_time() - t0
+        ref = ref or (per_cell, t_cells)
         ntok = sum(r.length for r in together)
-        same = sum(a.tokens == b.tokens for a, b in zip(per_cell, together))
-        print(f"  {'native sdpa' if native else 'bridge eager'}: per cell {t_cells:6.2f} s ({ntok / t_cells:5.0f} "
-              f"tok/s), one batch of 128 {t_all:6.2f} s ({ntok / t_all:5.0f} tok/s): {t_cells / t_all:.2f}x; "
-              f"rows token-identical {same}/128")
-    disable_native_attention(model)
+        same = sum(a.tokens == b.tokens for a, b in zip(ref[0], together))
+        print(f"  {name:<17} per cell {t_cells:6.2f} s ({ntok / t_cells:5.0f} tok/s); one batch of 128 {t_all:6.2f} s "
+              f"({ntok / t_all:5.0f} tok/s): {t_cells / t_all:.2f}x over per-cell, {ref[1] / t_all:.2f}x over today; "
+              f"rows token-identical to today {same}/128")
+    set_mode(model, False, False)
 
 
 def main(argv=None):
@@ -502,6 +522,7 @@ def main(argv=None):
     ap.add_argument("--window", type=int, default=256)
     ap.add_argument("--steps", type=int, default=64, help="decode steps timed by `overhead`")
     ap.add_argument("--native", action="store_true", help="profile with the native-attention prototype")
+    ap.add_argument("--fastpath", action="store_true", help="profile with the bridge fast-path prototype")
     ap.add_argument("--top", type=int, default=0, help="also print the top N functions by tottime")
     args = ap.parse_args(argv)
     todo = ("profile", "native", "overhead", "batching", "memory") if args.what == "all" else (args.what,)

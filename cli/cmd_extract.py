@@ -62,7 +62,7 @@ def command(model_name, dtype, device, method, layer, pos_path, neg_path, concep
             check_gate(method, gate)  # e.g. sign with directional_ablation: it does not ablate
         except IsoKLError as e:
             raise click.BadParameter(str(e), param_hint="--gate") from None
-    from tl_isokl.io import check_writable_dir
+    from tl_isokl.files import check_writable_dir
 
     check_writable_dir(out.parent, what=f"-o/--out {out}: folder")  # before the model loads
     if pos_path is not None:

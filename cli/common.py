@@ -174,7 +174,7 @@ def early_vector(vector_path, method, layer, concept, gate, tau):
 
 def check_out(out: Path, flag: str = "--out") -> Path:
     """Fail before the model loads if `out` cannot be written (e.g. `--out /etc/passwd/sub`)."""
-    from tl_isokl.io import check_writable_dir
+    from tl_isokl.files import check_writable_dir
 
     return check_writable_dir(out, what=flag)
 

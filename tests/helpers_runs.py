@@ -59,7 +59,7 @@ def make_run(path, *, alphas=(0.0, 0.5, 1.0, 2.0, 4.0), n: int = 8, window: int 
         "sweep", model={"name": "testbed-tiny", "revision": "abc123", "dtype": "float32"}, layer=2,
         method="mean_diff", vector_sha256="f" * 64, prompts_sha256="e" * 64, window=window, seed=seed,
         threshold=threshold, alphas=list(alphas)))
-    from tl_isokl.io import atomic_write_json
+    from tl_isokl.files import atomic_write_json
 
     atomic_write_json(rd.calibration_path, {"c_star": 3.25, "target": target, "stat": 0.998, "q": 0.95,
                                             "converged": True, "history": []})

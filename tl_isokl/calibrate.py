@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from tl_isokl.errors import CalibrationError, IsoKLError, IsoKLWarning
-from tl_isokl.io import sha256_json
+from tl_isokl.files import sha256_json
 from tl_isokl.statistics import statistic, summarize
 from tl_isokl.identity import calibration_identity, warn_reflection
 from tl_isokl.kl import per_token_kl

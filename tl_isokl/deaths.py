@@ -170,7 +170,7 @@ def inspect_run(
         ModelLoadError: the recorded model cannot be loaded (the message names `--model`, the CLI's fix).
         IsoKLError: bad arguments, or an output folder that cannot be written.
     """
-    from tl_isokl.io import check_writable_dir
+    from tl_isokl.files import check_writable_dir
 
     if model is not None and model_name is not None:
         raise IsoKLError("pass either a loaded model or model_name to load, not both")
@@ -242,10 +242,10 @@ def _write(out: Path, run: Run, thr: float, results: list[tuple[int, TraceInspec
            radius: int) -> dict[str, Any]:
     """The pages, index.html, deaths.json and deaths.csv; the DeathReport fields that name them."""
     import csv
-    import io as _io
+    import io
 
     from tl_isokl.figures.tokens_html import index_page, inspection_page, write_bundle, write_html
-    from tl_isokl.io import atomic_write_json, atomic_write_text
+    from tl_isokl.files import atomic_write_json, atomic_write_text
 
     write_bundle(out)
     target = (run.calibration or {}).get("target") or 1.0  # KL colour scale: at least the per-token budget
@@ -268,7 +268,7 @@ def _write(out: Path, run: Run, thr: float, results: list[tuple[int, TraceInspec
                                                     header=header))
     js = atomic_write_json(out / "deaths.json", {"run": str(run.path), "threshold": thr, "radius": radius,
                                                  "deaths": deaths})
-    buf = _io.StringIO()
+    buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS), extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     for d in deaths:

@@ -166,7 +166,7 @@ def run_calibration_experiment(s: ExperimentSettings, *, echo: Echo = _quiet, on
                                progress: Callable | None = None) -> Path:
     """`tl-isokl calibrate`: find c* and write calibration.json, the vector and the manifest; returns the folder."""
     from tl_isokl.identity import calibration_identity, same_model
-    from tl_isokl.io import atomic_write_json
+    from tl_isokl.files import atomic_write_json
     from tl_isokl.model import model_info
     from tl_isokl.prompts import read_prompts
     from tl_isokl.rundir import Manifest
@@ -215,7 +215,7 @@ def read_explicit_calibration(path: Path, *, heldout: Sequence[str] | None, allo
     """An explicit calibration file, checked before the model loads: a calibration.json with an identity, its
     prompts disjoint from the held-out ones, converged (unless allowed)."""
     from tl_isokl.identity import check_calibration, check_converged
-    from tl_isokl.io import read_json
+    from tl_isokl.files import read_json
 
     cal = read_json(path, kind=dict)
     if not isinstance(cal.get("c_star"), (int, float)):
@@ -231,7 +231,7 @@ def read_explicit_calibration(path: Path, *, heldout: Sequence[str] | None, allo
 
 def sweep_request(s: ExperimentSettings, spec: str, file_vec, ext_cal: Mapping[str, Any] | None) -> dict[str, Any]:
     """Every setting that changes a sweep's results: the hash behind its default folder name."""
-    from tl_isokl.io import sha256_json
+    from tl_isokl.files import sha256_json
     from tl_isokl.runpolicy import file_sha
 
     return {"model": spec, "dtype": s.dtype, "positions": s.positions, "window": s.window,
@@ -257,7 +257,7 @@ def run_sweep_experiment(s: ExperimentSettings, *, echo: Echo = _quiet, warn: Ec
     """`tl-isokl sweep`: calibrate unless a calibration is given or found, sweep alpha, write tables, figures and
     the report; returns the loaded `Run`. Rerunning with the same settings resumes."""
     from tl_isokl.identity import calibration_identity, check_converged, heldout_transfer, transfer_message
-    from tl_isokl.io import atomic_write_json
+    from tl_isokl.files import atomic_write_json
     from tl_isokl.prompts import read_prompts
     from tl_isokl.runpolicy import (choose_calibration, default_run_path, model_spec, open_run, resolve_vector,
                                     start_fresh)

@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 
 from tl_isokl.errors import IsoKLError
-from tl_isokl.io import sha256_json
+from tl_isokl.files import sha256_json
 from tl_isokl.model import model_info
 from tl_isokl.tokens import encode, pad_batch, pad_id, position_ids
 from tl_isokl.methods import parse_method

@@ -152,7 +152,7 @@ class CosineReport:
 def _calibration(calibration: Mapping[str, Any] | str | Path | Any) -> tuple[dict[str, Any], str]:
     """(calibration.json content, how to name it in messages) from a path, a dict or a CalibrationResult."""
     if isinstance(calibration, (str, Path)):
-        from tl_isokl.io import read_json
+        from tl_isokl.files import read_json
 
         return read_json(calibration, kind=dict), str(calibration)  # malformed: one line naming the file
     if hasattr(calibration, "to_dict"):
@@ -234,7 +234,7 @@ def cosine_report(
             another model or vector; PromptIndexError: prompt_index beyond the held-out set.
     """
     from tl_isokl.figures.cosine import cosine_heatmap
-    from tl_isokl.io import atomic_write_bytes, atomic_write_json
+    from tl_isokl.files import atomic_write_bytes, atomic_write_json
     from tl_isokl.model import model_info
 
     if text is not None and prompt_index is not None:
@@ -267,10 +267,10 @@ def cosine_report(
 
 
 def _png(fig) -> bytes:
-    import io as _io
+    import io
 
     from tl_isokl.report import DPI
 
-    buf = _io.BytesIO()
+    buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI)
     return buf.getvalue()

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from tl_isokl.errors import CalibrationError, IsoKLError, IsoKLWarning, RunDirError, VectorMismatchError
-from tl_isokl.io import sha256_json
+from tl_isokl.files import sha256_json
 
 MODEL_FIELDS = ("model", "revision", "dtype")
 VECTOR_FIELDS = ("method", "layer", "gate", "tau", "concept", "vector_sha256")

@@ -1,18 +1,18 @@
 """report.md and figures/ of a run directory, rebuilt from the run directory alone.
 
 Why from the directory only: a report must be reproducible on a laptop without the model, and redrawing must
-never need the sweep to be rerun. Every file is written atomically through `tl_isokl.io`.
+never need the sweep to be rerun. Every file is written atomically through `tl_isokl.files`.
 """
 
 from __future__ import annotations
 
-import io as _io
+import io
 import math
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from tl_isokl.identity import run_notes
-from tl_isokl.io import atomic_write_bytes, atomic_write_text
+from tl_isokl.files import atomic_write_bytes, atomic_write_text
 from tl_isokl.rundir import FIGURES, FIGURES_DIR, RunDir, load_run
 from tl_isokl.survival import kl_summary, km_curves, run_window, survival_table
 
@@ -25,7 +25,7 @@ def figure_paths(run_dir: str | Path) -> list[Path]:
 
 
 def _save(fig: Any, path: Path) -> Path:
-    buf = _io.BytesIO()
+    buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI)  # Figure objects use the Agg canvas: no pyplot, no GUI backend
     return atomic_write_bytes(path, buf.getvalue())
 

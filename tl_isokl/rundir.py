@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from tl_isokl.errors import RunDirError
-from tl_isokl.io import atomic_write_json, atomic_write_jsonl, read_json, read_jsonl
+from tl_isokl.files import atomic_write_json, atomic_write_jsonl, read_json, read_jsonl
 from tl_isokl.records import Trajectory
 
 MANIFEST = "manifest.json"

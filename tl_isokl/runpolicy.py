@@ -24,7 +24,7 @@ from typing import Any, Mapping
 
 from tl_isokl.identity import (APPLIES, FIX_RUN, IdentityError, check_calibration, check_converged, clear_run,
                                reuse_vector)
-from tl_isokl.io import check_writable_dir, sha256_bytes, sha256_json
+from tl_isokl.files import check_writable_dir, sha256_bytes, sha256_json
 from tl_isokl.rundir import RunDir
 
 RUNS = Path("runs")

@@ -8,7 +8,7 @@ resumes where it stopped and ends byte-identical to an uninterrupted run (greedy
 from __future__ import annotations
 
 import csv
-import io as _io
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from tl_isokl.errors import IsoKLError
-from tl_isokl.io import atomic_write_json, atomic_write_text, sha256_json
+from tl_isokl.files import atomic_write_json, atomic_write_text, sha256_json
 from tl_isokl.kl import per_token_kl
 from tl_isokl.model import model_info
 from tl_isokl.calibrate import CalibrationResult
@@ -219,7 +219,7 @@ def _interval_start(fs, t: int | None) -> int | str:
 
 
 def _csv(rows: list[dict[str, Any]]) -> str:
-    buf = _io.StringIO()
+    buf = io.StringIO()
     if rows:
         w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
         w.writeheader()

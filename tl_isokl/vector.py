@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from tl_isokl.errors import IsoKLError, VectorMismatchError
-from tl_isokl.io import atomic_write_bytes, sha256_bytes
+from tl_isokl.files import atomic_write_bytes, sha256_bytes
 from tl_isokl.methods import GATES, Operator, check_gate, parse_method
 
 

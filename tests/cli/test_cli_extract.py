@@ -41,7 +41,7 @@ def test_help_lists_the_options():
 
 def test_default_extract_writes_a_loadable_vector(tmp_path, model):
     """Defaults: embedded model, cheerful/gloomy sets, middle layer, mean_diff, last token."""
-    from tl_isokl.io import sha256_json
+    from tl_isokl.files import sha256_json
     from tl_isokl.testbed.corpus import concept_prompts
 
     out = tmp_path / "v.safetensors"

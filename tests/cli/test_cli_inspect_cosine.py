@@ -10,7 +10,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from tl_isokl.io import atomic_write_json, read_jsonl
+from tl_isokl.files import atomic_write_json, read_jsonl
 from tl_isokl.rundir import RunDir
 from tl_isokl_cli.main import cli
 from helpers_cli import one_line_error
@@ -47,7 +47,7 @@ def run_dir(model, splits, tmp_path_factory):
             for f in d["forks"]:
                 f["pmass"] = 0.05 if (row == DEAD_ROW and f["t"] >= DEATH) else 0.99
             row += 1
-        from tl_isokl.io import atomic_write_jsonl
+        from tl_isokl.files import atomic_write_jsonl
 
         atomic_write_jsonl(rd.cell_path(a), cell)
     return out
@@ -80,7 +80,7 @@ def test_inspect_works_on_a_nan_probe(run_dir, reuse_model, tmp_path):
     import math
     import shutil
 
-    from tl_isokl.io import atomic_write_jsonl
+    from tl_isokl.files import atomic_write_jsonl
 
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)

@@ -31,7 +31,7 @@ def test_relative_tolerance_at_a_small_target(small_target):
 
 
 def test_calibration_records_its_identity(model, vec, prompts, small_target):
-    from tl_isokl.io import sha256_json
+    from tl_isokl.files import sha256_json
 
     d = small_target.to_dict()
     ident = d["identity"]

@@ -8,7 +8,7 @@ import pytest
 
 from helpers_runs import make_run
 from tl_isokl.errors import IsoKLError, RunDirError
-from tl_isokl.io import check_writable_dir, read_json, read_jsonl
+from tl_isokl.files import check_writable_dir, read_json, read_jsonl
 from tl_isokl.rundir import RunDir, base_manifest, environment, load_run, merge_manifest
 
 
@@ -172,3 +172,16 @@ def test_manifest_is_typed_and_record_appends_to_the_history(tmp_path):
     second = rd.read_manifest()
     assert second["created"] == first["created"]
     assert [h["alphas"] for h in second["history"]] == [[0.0], [1.0]]
+
+
+def test_published_files_follow_the_umask_read_at_write_time(tmp_path):
+    """The umask is read when a file is written, not at import: a umask set after import is honoured."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os, sys; import tl_isokl.files as f; os.umask(0o027); f._umask.cache_clear(); "
+            "p = f.atomic_write_text(sys.argv[1], 'x'); print(oct(os.stat(p).st_mode & 0o777))")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "a.txt")], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "0o640"

@@ -13,7 +13,7 @@ A death after the last token shows as a final `†(end)` pseudo-token with value
 Token strings are HTML-escaped before they reach circuitsvis, which renders them as HTML: unescaped, a rollout
 token such as `<b>` becomes markup and `</think>` disappears (and a crafted one could inject script).
 
-This module builds strings and writes them atomically through `tl_isokl.io`; it computes nothing.
+This module builds strings and writes them atomically through `tl_isokl.files`; it computes nothing.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from tl_isokl.io import atomic_write_bytes, atomic_write_text
+from tl_isokl.files import atomic_write_bytes, atomic_write_text
 
 BUNDLE_NAME = "circuitsvis.iife.js"
 FORK_MARK, DEATH_MARK = "¦", "†"

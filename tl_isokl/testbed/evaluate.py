@@ -112,7 +112,7 @@ def main(argv=None):
         res["sweep"] = [{**{k: v for k, v in r.items()}, "S_end": float(curves[r["alpha"]].at(args.window))}
                         for r in summary_rows(run)]
     res["seconds"] = round(time.time() - t0, 1)
-    from tl_isokl.io import atomic_write_json
+    from tl_isokl.files import atomic_write_json
 
     atomic_write_json(args.out, res)
     print(json.dumps(res, indent=1))

@@ -6,6 +6,7 @@ finished cell. Everything is written to a temp file in the same folder, flushed,
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -16,8 +17,14 @@ from typing import Any, Iterable
 
 from tl_isokl.errors import IsoKLError
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+
+
+@functools.lru_cache(maxsize=1)
+def _umask() -> int:
+    """The process umask, read once at the first write (reading it means setting it: never at import time)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -29,7 +36,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-            os.fchmod(f.fileno(), 0o666 & ~_UMASK)  # mkstemp creates 0600; published files should be readable
+            os.fchmod(f.fileno(), 0o666 & ~_umask())  # mkstemp creates 0600; published files should be readable
         os.replace(tmp, path)
     except BaseException:
         try:
