@@ -34,9 +34,7 @@ def main():
         except ik.CalibrationError as e:  # e.g. ablation may never reach the budget: say so, do not guess
             print(f"{method:<22} uncalibrated: {e}")
             continue
-        d = cal.to_dict()
-        d["prompts"] = cal_prompts
-        run = ik.sweep(model, vec, d, held_prompts, args.out / method, prompt_ids=held_ids,
+        run = ik.sweep(model, vec, cal, held_prompts, args.out / method, prompt_ids=held_ids,
                        alphas=[float(a) for a in args.alphas.split(",")], window=args.window)
         for r in summary_rows(run):
             print(f"{method:<22} {cal.c_star:>8.4g} {r['alpha']:>6g} {r['kl_p95']:>8.3g} {r['died']:>5} {r['n']:>4}")
