@@ -29,7 +29,7 @@ from typing import Any, Callable
 from tl_isokl.errors import IsoKLError, IsoKLWarning, ModelLoadError, RunDirError
 from tl_isokl.forensics import TraceInspection
 from tl_isokl.records import Trajectory, fate
-from tl_isokl.rundir import Run, RunDir, alpha_key, load_run
+from tl_isokl.rundir import DEATHS_CSV, DEATHS_JSON, INSPECT_INDEX, Run, RunDir, alpha_key, load_run, trace_page
 
 CSV_COLUMNS = ("row", "alpha", "coeff", "prompt_id", "death_t", "death_token", "label", "evidence", "max_kl_window",
                "p95", "max_abs_kl_diff", "page")
@@ -103,7 +103,7 @@ def death_token(ins: TraceInspection) -> str:
 
 
 def page_name(row: int) -> str:
-    return f"trace-r{row:04d}.html"
+    return trace_page(row)
 
 
 def death_record(row: int, ins: TraceInspection) -> dict[str, Any]:
@@ -264,14 +264,14 @@ def _write(out: Path, run: Run, thr: float, results: list[tuple[int, TraceInspec
               else m["model"].get("name"), "method": m.get("method"), "layer": m.get("layer"),
               "c*": m.get("c_star"), "window": m.get("window"), "threshold": thr, "radius": radius,
               "dead traces": len(results), "traces in run": len(run.trajectories)}
-    idx = write_html(out / "index.html", index_page(entries, title=f"Dead traces of {run.path.name}",
+    idx = write_html(out / INSPECT_INDEX, index_page(entries, title=f"Dead traces of {run.path.name}",
                                                     header=header))
-    js = atomic_write_json(out / "deaths.json", {"run": str(run.path), "threshold": thr, "radius": radius,
+    js = atomic_write_json(out / DEATHS_JSON, {"run": str(run.path), "threshold": thr, "radius": radius,
                                                  "deaths": deaths})
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS), extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     for d in deaths:
         w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in d.items()})
-    cs = atomic_write_text(out / "deaths.csv", buf.getvalue())
+    cs = atomic_write_text(out / DEATHS_CSV, buf.getvalue())
     return {"index": idx, "json": js, "csv": cs, "deaths": deaths, "pages": pages}

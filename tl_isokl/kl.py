@@ -22,17 +22,12 @@ from tl_isokl.steer import steering_hooks
 from tl_isokl.tokens import pad_batch, pad_id, position_ids
 from tl_isokl.vector import SteeringVector
 
-__all__ = ["CHUNK_ELEMENTS", "kl_from_logprobs", "kl_from_logits", "per_token_kl"]
+__all__ = ["CHUNK_ELEMENTS", "kl_from_logprobs", "per_token_kl"]
 
 
 def kl_from_logprobs(ls: torch.Tensor, lb: torch.Tensor) -> torch.Tensor:
     """KL(P_s || P_b) along the last axis from log-probabilities (clamped at 0 against rounding)."""
     return (ls.exp() * (ls - lb)).sum(-1).clamp(min=0.0)
-
-
-def kl_from_logits(steer_logits: torch.Tensor, base_logits: torch.Tensor) -> torch.Tensor:
-    """KL(softmax(s) || softmax(b)) along the last axis, computed in float32."""
-    return kl_from_logprobs(torch.log_softmax(steer_logits.float(), -1), torch.log_softmax(base_logits.float(), -1))
 
 
 @torch.no_grad()

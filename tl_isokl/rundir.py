@@ -44,7 +44,13 @@ FIGURES = {
     "survival": "survival.png",
 }
 INSPECT_DIR = "inspect"
-INSPECT_FILES = ("index.html", "trace-r*.html", "deaths.json", "deaths.csv", "circuitsvis.iife.js")
+INSPECT_INDEX, DEATHS_JSON, DEATHS_CSV, HTML_BUNDLE = "index.html", "deaths.json", "deaths.csv", "circuitsvis.iife.js"
+INSPECT_FILES = (INSPECT_INDEX, "trace-r*.html", DEATHS_JSON, DEATHS_CSV, HTML_BUNDLE)
+
+
+def trace_page(row: int) -> str:
+    """File name of one dead trace's inspect page (matches the "trace-r*.html" pattern above)."""
+    return f"trace-r{row:04d}.html"
 
 
 def alpha_key(alpha: float) -> str:

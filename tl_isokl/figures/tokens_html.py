@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from tl_isokl.files import atomic_write_bytes, atomic_write_text
+from tl_isokl.rundir import HTML_BUNDLE
 
-BUNDLE_NAME = "circuitsvis.iife.js"
+BUNDLE_NAME = HTML_BUNDLE  # the run directory owns the name
 FORK_MARK, DEATH_MARK = "¦", "†"
 
 _CSS = """
