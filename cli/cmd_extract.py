@@ -47,8 +47,6 @@ def command(model_name, dtype, device, method, layer, pos_path, neg_path, concep
     if pos_path is None:
         check_concept(concept)
 
-    from dataclasses import replace
-
     from tl_isokl.extract import extract
     from tl_isokl.prompts import read_prompts
     from tl_isokl.vector import Gate
@@ -67,15 +65,14 @@ def command(model_name, dtype, device, method, layer, pos_path, neg_path, concep
     check_writable_dir(out.parent, what=f"-o/--out {out}: folder")  # before the model loads
     if pos_path is not None:
         pos, neg = read_prompts(pos_path), read_prompts(neg_path)
-        sources = {"pos_source": str(pos_path), "neg_source": str(neg_path)}
+        sources = (str(pos_path), str(neg_path))
     model = load(model_name, dtype, device)
     if pos_path is None:
         pos, neg = concept_sets(model, concept)
         pos_name, neg_name = check_concept(concept)
-        sources = {"pos_source": f"concept:{pos_name}", "neg_source": f"concept:{neg_name}"}
+        sources = (f"concept:{pos_name}", f"concept:{neg_name}")
     vec = extract(model, pos, neg, method=method, layer=layer, token=token, unit=unit, gate=g,
-                  batch_size=batch_size)
-    vec = replace(vec, meta={**vec.meta, **sources})
+                  batch_size=batch_size, sources=sources)
     path = vec.save(out)
     gate_txt = f", gate {vec.gate.kind} tau={vec.gate.tau:g}" if vec.gate else ""
     click.echo(f"{vec.method} vector at layer {vec.layer} ({vec.hook_name}){gate_txt}, "

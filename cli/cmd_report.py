@@ -14,14 +14,9 @@ from tl_isokl_cli.main import friendly_errors
 @friendly_errors
 def command(run: Path) -> None:
     """Write RUN/report.md from the run directory and print its survival table."""
-    from tl_isokl.report import draw_figures, figure_paths, markdown_table, write_report
-    from tl_isokl.rundir import load_run
-    from tl_isokl.survival import survival_table
+    from tl_isokl.report import report_run
 
-    rd = load_run(run)  # fails early, with one line, on a folder that is not a run
-    if not all(p.is_file() for p in figure_paths(run)):
-        draw_figures(run)
-    path = write_report(run)
-    click.echo(f"survival (threshold {rd.threshold:g}):")
-    click.echo(markdown_table(survival_table(rd)), nl=False)
+    path, threshold, table = report_run(run)
+    click.echo(f"survival (threshold {threshold:g}):")
+    click.echo(table, nl=False)
     click.echo(f"wrote {path}")

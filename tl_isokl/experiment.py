@@ -14,7 +14,7 @@ Progress and messages go through `echo` / `warn` callbacks (the CLI prints them;
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -113,8 +113,8 @@ def model_vector(model, s: ExperimentSettings, file_vec=None):
         pos_name, neg_name = concept_names(s.concept)
         pos, neg = default_concepts(model, pos_name, neg_name)
         g = Gate(s.gate, 0.0 if s.tau is None else s.tau) if s.gate else None
-        vec = extract(model, pos, neg, method=s.method, layer=s.layer, gate=g)
-        vec = replace(vec, meta={**vec.meta, "pos_source": f"concept:{pos_name}", "neg_source": f"concept:{neg_name}"})
+        vec = extract(model, pos, neg, method=s.method, layer=s.layer, gate=g,
+                      sources=(f"concept:{pos_name}", f"concept:{neg_name}"))
     vec.check_model(model)
     return vec
 

@@ -79,8 +79,12 @@ def direction_from(pos: torch.Tensor, neg: torch.Tensor, method: str, *, unit: b
 
 def extract(model, pos: Sequence[str], neg: Sequence[str], *, method: str = "mean_diff",
             layer: int | None = None, token: str = "last", unit: bool = False, gate: Gate | None = None,
-            batch_size: int = 16) -> SteeringVector:
-    """Extract a steering vector from contrastive prompt sets (pos - neg direction) at one layer."""
+            batch_size: int = 16, sources: tuple[str, str] | None = None) -> SteeringVector:
+    """Extract a steering vector from contrastive prompt sets (pos - neg direction) at one layer.
+
+    `sources` names where the two sets came from (e.g. ("concept:cheerful", "concept:gloomy") or two file names);
+    it is recorded in the vector's metadata and is what run identities call the vector's concept.
+    """
     parse_method(method)  # an unknown method fails before any forward
     layer = default_layer(model) if layer is None else int(layer)
     acts_p = residuals(model, pos, [layer], token=token, batch_size=batch_size)[layer]
@@ -89,6 +93,8 @@ def extract(model, pos: Sequence[str], neg: Sequence[str], *, method: str = "mea
     meta = {"model": info.get("name"), "revision": info.get("revision"), "token": token, "unit": unit,
             "n_pos": len(pos), "n_neg": len(neg), "prompts_sha256": sha256_json({"pos": list(pos), "neg": list(neg)}),
             "package_version": _version()}
+    if sources is not None:
+        meta["pos_source"], meta["neg_source"] = str(sources[0]), str(sources[1])
     return SteeringVector(direction=direction_from(acts_p, acts_n, method, unit=unit), layer=layer,
                           method=method, gate=gate, meta=meta)
 

@@ -161,3 +161,12 @@ def write_report(run_dir: str | Path) -> Path:
         _section("Figures", [figs]),
     ])
     return atomic_write_text(RunDir(run_dir).report_path, text)
+
+
+def report_run(run_dir: str | Path) -> tuple[Path, float, str]:
+    """What `tl-isokl report` does: draw missing figures, write report.md, and return (its path, the run's
+    threshold, the survival table as markdown) for printing."""
+    run = load_run(run_dir)  # fails early, with one line, on a folder that is not a run
+    if not all(p.is_file() for p in figure_paths(run_dir)):
+        draw_figures(run_dir)
+    return write_report(run_dir), run.threshold, markdown_table(survival_table(run))
