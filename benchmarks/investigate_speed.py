@@ -3,6 +3,7 @@
     python benchmarks/investigate_speed.py profile   [--rows 16] [--window 256]   cProfile of one alpha cell
     python benchmarks/investigate_speed.py native    [--rows 16] [--window 256]   HF attention (sdpa) under the
                                                                                    bridge: parity, then speed
+    python benchmarks/investigate_speed.py zoo                                     the same on 11 architectures
     python benchmarks/investigate_speed.py overhead  [--rows 16]                  one decode step: bridge vs raw HF
     python benchmarks/investigate_speed.py memory    [--rows 48]                  peak RSS per stage (subprocesses)
     python benchmarks/investigate_speed.py batching  [--window 256]               rollout 16 rows vs 128 rows
@@ -515,9 +516,64 @@ def cmd_batching(args):
     set_mode(model, False, False)
 
 
+def cmd_zoo(args):
+    """The native-attention prototype on the 11 tiny random architectures of tests/zoo_models.py: which bridges it
+    switches, and whether logits, rollouts, KL and probes stay equal to the bridge's own attention."""
+    import tempfile
+
+    import numpy as np
+    import torch
+
+    import tl_isokl as ik
+    from native_attention import choose_implementation, disable_native_attention, enable_native_attention
+    from tl_isokl.tokens import encode, pad_batch, pad_id, position_ids
+
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    import zoo_models
+
+    fams = ("gpt2", "llama", "qwen3", "olmo2", "mistral", "qwen2", "gemma2", "gemma3", "granite", "cohere",
+            "cohere2")
+    print("native attention on the test zoo (2 layers, d 64, random, windows of 8 on the sliding families), 4 rows x "
+          "24 tokens; max |difference| native vs the bridge's reconstructed attention:")
+    print(f"  {'family':<8} {'attention bridge':<34} {'switched':>8} {'impl':>6} {'logits':>8} {'tokens':>7} "
+          f"{'KL':>8} {'pmass':>8} {'resid_post fired':>16}")
+    with tempfile.TemporaryDirectory() as d:
+        for fam in fams:
+            path = zoo_models.build(fam, Path(d))
+            m = ik.load_model(str(path), device="cpu")
+            vec = ik.extract(m, *ik.default_concepts(m))
+            _, prompts = ik.default_prompts(m, "heldout")
+            seqs = [encode(m, p) + list(range(5, 5 + 7 * i)) for i, p in enumerate(prompts[:4])]
+            ids, mask = pad_batch(seqs, pad_id(m), side="left")
+            kinds = sorted({type(b.attn).__name__ for b in m.blocks})
+            out = {}
+            for native in (False, True):
+                n = enable_native_attention(m) if native else 0
+                with torch.no_grad():
+                    lg = m.original_model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits
+                rolls = ik.rollout(m, vec, prompts[:4], [1.0] * 4, window=24)
+                kls = ik.per_token_kl(m, vec, rolls)
+                pr = ik.probe(m, vec, rolls)
+                fired = []
+                with torch.no_grad(), m.hooks(fwd_hooks=[(vec.hook_name, lambda x, hook: fired.append(1))]):
+                    ik.rollout(m, None, prompts[:1], [0.0], window=3)
+                out[native] = (lg, rolls, kls, pr, n, len(fired))
+            disable_native_attention(m)
+            (le, re_, ke, pe, _, _), (ln, rn, kn, pn, n, fired) = out[False], out[True]
+            lgap = float((le - ln)[mask.bool()].abs().max())
+            same = sum(a.tokens == b.tokens for a, b in zip(re_, rn))
+            kgap = max((float(np.abs(a - b).max()) for a, b in zip(ke, kn) if len(a) == len(b) and len(a)),
+                       default=0.0)
+            pgap = max((abs(x.pmass - y.pmass) for a, b in zip(pe, pn) for x, y in zip(a, b)), default=0.0)
+            impl = choose_implementation(m) if n else "-"
+            print(f"  {fam:<8} {', '.join(kinds):<34} {n:>8} {impl:>6} {lgap:8.1e} {same:>5}/4 {kgap:8.1e} "
+                  f"{pgap:8.1e} {fired:>10} times")
+            del m
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("what", choices=("profile", "native", "overhead", "memory", "batching", "all"))
+    ap.add_argument("what", choices=("profile", "native", "zoo", "overhead", "memory", "batching", "all"))
     ap.add_argument("--rows", type=int, default=16)
     ap.add_argument("--window", type=int, default=256)
     ap.add_argument("--steps", type=int, default=64, help="decode steps timed by `overhead`")
@@ -525,7 +581,7 @@ def main(argv=None):
     ap.add_argument("--fastpath", action="store_true", help="profile with the bridge fast-path prototype")
     ap.add_argument("--top", type=int, default=0, help="also print the top N functions by tottime")
     args = ap.parse_args(argv)
-    todo = ("profile", "native", "overhead", "batching", "memory") if args.what == "all" else (args.what,)
+    todo = ("profile", "native", "zoo", "overhead", "batching", "memory") if args.what == "all" else (args.what,)
     for w in todo:
         globals()[f"cmd_{w}"](args)
         print()
