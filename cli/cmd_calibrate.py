@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from tl_isokl_cli.common import (Progress, allow_other_model_option, early_vector, fresh_option, model_options,
-                                 positions_option, stat_option, vector_options)
+                                 positions_option, probe_options, stat_option, unescape, vector_options)
 from tl_isokl_cli.main import friendly_errors
 
 
@@ -56,9 +56,11 @@ def calibration_options(fn):
                    "setting>).")
 @fresh_option
 @allow_other_model_option
+@probe_options
 @friendly_errors
 def command(model_name, dtype, device, vector_path, method, layer, concept, gate, tau, positions, window, target,
-            stat, tol, c_max, c_min, prompts_path, batch_size, seed, out, fresh, allow_other_model):
+            stat, tol, c_max, c_min, prompts_path, batch_size, seed, out, fresh, allow_other_model, probe_preset,
+            probe_file, probe_prefill, probe_true, probe_false, probe_think_close, skip_preflight, chat_template):
     """Find the iso-KL dose c* of a steering vector and write calibration.json + manifest.json.
 
     Everything that needs no model is checked first (flags, the vector and prompt files, that --out is writable).
@@ -72,7 +74,10 @@ def command(model_name, dtype, device, vector_path, method, layer, concept, gate
         model=model_name, dtype=dtype, device=device, vector_path=vector_path, method=method, layer=layer,
         concept=concept, gate=gate, tau=tau, positions=positions, window=window, target=target, stat=stat, tol=tol,
         c_min=c_min, c_max=c_max, calibration_prompts=prompts_path, batch_size=batch_size, seed=seed, out=out,
-        fresh=fresh, allow_other_model=allow_other_model)
+        fresh=fresh, allow_other_model=allow_other_model, probe_preset=probe_preset, probe_file=probe_file,
+        probe_prefill=unescape(probe_prefill), probe_true=tuple(map(unescape, probe_true)),
+        probe_false=tuple(map(unescape, probe_false)), probe_think_close=unescape(probe_think_close),
+        skip_preflight=skip_preflight, chat_template=chat_template)
     prog = Progress()
     done = [0]
 

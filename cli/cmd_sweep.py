@@ -8,7 +8,8 @@ import click
 
 from tl_isokl_cli.cmd_calibrate import calibration_options, check_bounds, round_printer
 from tl_isokl_cli.common import (Progress, allow_other_model_option, early_vector, fresh_option, given,
-                                 model_options, positions_option, refuse_unused, vector_options)
+                                 model_options, positions_option, probe_options, refuse_unused, unescape,
+                                 vector_options)
 from tl_isokl_cli.main import friendly_errors
 
 
@@ -42,11 +43,13 @@ from tl_isokl_cli.main import friendly_errors
 @click.option("--allow-unconverged", is_flag=True,
               help="Use a calibration with converged=false (the manifest and report say so).")
 @allow_other_model_option
+@probe_options
 @click.option("--no-figures", is_flag=True, help="Skip drawing figures and report.md at the end.")
 @friendly_errors
 def command(model_name, dtype, device, vector_path, method, layer, concept, gate, tau, positions, calibration_path,
             window, alphas, threshold, schedule, prompts_path, cal_prompts_path, target, stat, tol, c_min, c_max,
-            batch_size, seed, out, fresh, allow_unconverged, allow_other_model, no_figures):
+            batch_size, seed, out, fresh, allow_unconverged, allow_other_model, probe_preset, probe_file,
+            probe_prefill, probe_true, probe_false, probe_think_close, skip_preflight, chat_template, no_figures):
     """Calibrate (unless --calibration is given), sweep alpha on held-out prompts, write the run directory.
 
     Rerunning the same command resumes. A run directory (or --calibration file) made with other settings is
@@ -79,7 +82,10 @@ def command(model_name, dtype, device, vector_path, method, layer, concept, gate
         c_min=c_min, c_max=c_max, calibration_prompts=cal_prompts_path, batch_size=batch_size, seed=seed, out=out,
         fresh=fresh, allow_other_model=allow_other_model, calibration_path=calibration_path,
         heldout_prompts=prompts_path, alphas=alphas, threshold=threshold, schedule=schedule,
-        allow_unconverged=allow_unconverged, figures=not no_figures)
+        allow_unconverged=allow_unconverged, figures=not no_figures, probe_preset=probe_preset,
+        probe_file=probe_file, probe_prefill=unescape(probe_prefill), probe_true=tuple(map(unescape, probe_true)),
+        probe_false=tuple(map(unescape, probe_false)), probe_think_close=unescape(probe_think_close),
+        skip_preflight=skip_preflight, chat_template=chat_template)
     prog, cal_prog = Progress(), Progress()
     done = [0]
 

@@ -115,6 +115,40 @@ def vector_options(fn):
     return fn
 
 
+def probe_options(fn):
+    """--probe-preset / --probe FILE / --probe-prefill / --probe-true / --probe-false, --skip-preflight, and
+    --chat-template (how prompt files are framed): what the run asks the model, and how it is asked."""
+    fn = click.option("--chat-template", default="auto", show_default=True, metavar="auto|none|FILE",
+                      help="Framing of prompt files: auto = the tokenizer's chat template when it has one (as the "
+                           "built-in sets), none = as written, or a Jinja template file.")(fn)
+    fn = click.option("--skip-preflight", is_flag=True,
+                      help="Run even if the unsteered model cannot answer the probe (checked on the prompts first).")(fn)
+    fn = click.option("--probe-think-close", default=None, metavar="TEXT",
+                      help='The tag that ends thinking ("" for models without a think block).')(fn)
+    fn = click.option("--probe-false", multiple=True, metavar="TEXT",
+                      help="A 'false' answer string (repeat for variants).")(fn)
+    fn = click.option("--probe-true", multiple=True, metavar="TEXT",
+                      help="A 'true' answer string (repeat for variants, e.g. --probe-true ' yes' "
+                           "--probe-true ' Yes').")(fn)
+    fn = click.option("--probe-prefill", default=None, metavar="TEXT",
+                      help="Text spliced after the rollout before the answer (\\n escapes allowed).")(fn)
+    fn = click.option("--probe", "probe_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                      default=None, help="A .toml/.json probe: prefill, true, false, think_close, after_close.")(fn)
+    fn = click.option("--probe-preset", default=None, metavar="NAME",
+                      help="json-think (default: JSON true/false after </think>), json (no think block), "
+                           "yes-no ('Answer: yes/no').")(fn)
+    return fn
+
+
+def unescape(text: str | None) -> str | None:
+    """\\n and \\t in a flag value, as in prompt files."""
+    if text is None:
+        return None
+    from tl_isokl.prompts import unescape_line
+
+    return unescape_line(text)
+
+
 def allow_other_model_option(fn):
     return click.option("--allow-other-model", is_flag=True,
                         help="Apply a vector whose metadata names another model than the loaded one.")(fn)

@@ -61,7 +61,23 @@ class ExperimentSettings:
     schedule: str | int = "log2"
     allow_unconverged: bool = False
     figures: bool = True
+    # the probe and the prompt framing (both recorded in the manifest)
+    probe_preset: str | None = None
+    probe_file: Path | None = None
+    probe_prefill: str | None = None
+    probe_true: tuple[str, ...] = ()
+    probe_false: tuple[str, ...] = ()
+    probe_think_close: str | None = None
+    skip_preflight: bool = False
+    chat_template: str = "auto"
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def probe(self):
+        """The ProbeSpec these settings ask for (a preset or file, then the per-field flags)."""
+        from tl_isokl.probe_presets import probe_spec
+
+        return probe_spec(self.probe_preset, file=self.probe_file, prefill=self.probe_prefill,
+                          true=self.probe_true, false=self.probe_false, think_close=self.probe_think_close)
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -75,16 +91,22 @@ def concept_names(concept: str) -> tuple[str, str]:
     return pos, neg
 
 
-def prompt_set(model, path: str | Path | None, kind: str) -> tuple[list[str], list[str]]:
-    """(ids, prompts) from a file, or the model's default set of this kind ("calibration" / "heldout")."""
+def prompt_set(model, path: str | Path | None, kind: str, chat_template: str = "auto"
+               ) -> tuple[list[str], list[str], dict[str, Any]]:
+    """(ids, prompts, framing) from a file, framed by `chat_template` (`prompt_sets.frame_prompts`), or the
+    model's default set of this kind ("calibration" / "heldout"). `framing` says how, for the manifest."""
+    from tl_isokl.prompt_sets import default_prompts, frame_prompts
+
     if path is not None:
         from tl_isokl.prompts import read_prompts
 
-        prompts = read_prompts(path)
-        return [f"{kind[:3]}{i:03d}" for i in range(len(prompts))], prompts
-    from tl_isokl.prompt_sets import default_prompts
-
-    return default_prompts(model, kind)
+        prompts, how = frame_prompts(model, read_prompts(path), chat_template)
+        ids = [f"{kind[:3]}{i:03d}" for i in range(len(prompts))]
+    else:
+        ids, prompts = default_prompts(model, kind)
+        how = "built-in set (framed for this model)"
+    return ids, prompts, {"source": str(path) if path is not None else "built-in", "framing": how,
+                          "first_prompt": prompts[0] if prompts else None}
 
 
 def file_vector(s: ExperimentSettings):
@@ -148,6 +170,23 @@ def calibrate_verbose(model, vec, ids, prompts, s: ExperimentSettings, *, echo: 
     return res.to_dict()
 
 
+def run_preflight(model, prompts: Sequence[str], probe, s: ExperimentSettings, echo: Echo = _quiet) -> dict:
+    """`preflight.check_preflight` with its result echoed; raises PreflightError when the probe cannot be
+    answered by the unsteered model."""
+    from tl_isokl.preflight import check_preflight
+
+    pre = check_preflight(model, prompts, probe, threshold=s.threshold, skip=s.skip_preflight,
+                          batch_size=min(s.batch_size, 8), late_window=min(s.window, 32))
+    if pre.get("skipped"):
+        echo("preflight: skipped (--skip-preflight)")
+    else:
+        late = ("" if pre["alive_late"] is None
+                else f", at t = {pre['late_fork']} of a base rollout {pre['alive_late']:.0%}")
+        echo(f"preflight: the unsteered model answers the probe at t = 0 on {pre['alive_t0']:.0%} of "
+             f"{pre['n']} prompts{late}")
+    return pre
+
+
 # ------------------------------------------------------------------------------------------------ calibrate
 
 
@@ -159,7 +198,7 @@ def calibration_request(s: ExperimentSettings, spec: str, file_vec) -> dict[str,
             "stat": s.stat, "tol": s.tol, "c_min": s.c_min, "c_max": s.c_max,
             "prompts": file_sha(s.calibration_prompts),
             "vector": file_vec.sha256 if file_vec else {"method": s.method, "layer": s.layer, "concept": s.concept},
-            "gate": s.gate, "tau": s.tau}
+            "gate": s.gate, "tau": s.tau, **({"chat_template": s.chat_template} if s.chat_template != "auto" else {})}
 
 
 def run_calibration_experiment(s: ExperimentSettings, *, echo: Echo = _quiet, on_round: Callable | None = None,
@@ -175,6 +214,7 @@ def run_calibration_experiment(s: ExperimentSettings, *, echo: Echo = _quiet, on
     from tl_isokl.statistics import statistic
 
     statistic(s.stat)
+    probe = s.probe()  # a bad probe file or preset fails now
     file_vec = file_vector(s)
     if s.calibration_prompts is not None:
         read_prompts(s.calibration_prompts)  # a malformed prompt file fails now, not after the model loads
@@ -187,7 +227,8 @@ def run_calibration_experiment(s: ExperimentSettings, *, echo: Echo = _quiet, on
     rd = state.rd
     model = load(s, echo)
     vec = model_vector(model, s, file_vec)
-    ids, prompts = prompt_set(model, s.calibration_prompts, "calibration")
+    ids, prompts, framing = prompt_set(model, s.calibration_prompts, "calibration", s.chat_template)
+    pre = run_preflight(model, prompts, probe, s, echo)
     wanted = calibration_identity(model, vec, prompts, stat=s.stat, target=s.target, tol=s.tol, window=s.window,
                                   positions=s.positions, c_min=s.c_min, c_max=s.c_max)
     check_recalibration(state, wanted)
@@ -203,7 +244,8 @@ def run_calibration_experiment(s: ExperimentSettings, *, echo: Echo = _quiet, on
         "calibrate", model, vec, wanted["prompts_sha256"], len(prompts), window=s.window, seed=s.seed,
         positions=s.positions, target=s.target, stat=s.stat, tol=s.tol, c_min=s.c_min, c_max=s.c_max,
         identity=wanted, calibration_converged=cal["converged"], vector_model=rec,
-        allow_other_model=bool(rec and not same_model(rec, name))))
+        allow_other_model=bool(rec and not same_model(rec, name)), probe=probe.to_dict(), preflight=pre,
+        framing=framing))
     return Path(out)
 
 
@@ -240,7 +282,22 @@ def sweep_request(s: ExperimentSettings, spec: str, file_vec, ext_cal: Mapping[s
             "heldout": file_sha(s.heldout_prompts),
             "calibration": (sha256_json({k: ext_cal.get(k) for k in ("identity", "c_star")}) if ext_cal
                             else {"target": s.target, "stat": s.stat, "tol": s.tol, "c_min": s.c_min,
-                                  "c_max": s.c_max, "prompts": file_sha(s.calibration_prompts)})}
+                                  "c_max": s.c_max, "prompts": file_sha(s.calibration_prompts)}),
+            **_non_default(s)}
+
+
+def _non_default(s: ExperimentSettings) -> dict[str, Any]:
+    """The probe and framing settings, only where they differ from the defaults (so default folder names made
+    before these settings existed stay the same)."""
+    from tl_isokl.probe import ProbeSpec
+
+    out: dict[str, Any] = {}
+    probe = s.probe()
+    if probe != ProbeSpec():
+        out["probe"] = probe.to_dict()
+    if s.chat_template != "auto":
+        out["chat_template"] = s.chat_template
+    return out
 
 
 def _explicit_fix(s: ExperimentSettings) -> str:
@@ -266,6 +323,7 @@ def run_sweep_experiment(s: ExperimentSettings, *, echo: Echo = _quiet, warn: Ec
 
     alphas = parse_alphas(s.alphas)
     statistic(s.stat)
+    probe = s.probe()  # a bad probe file or preset fails now
     file_vec = file_vector(s)
     heldout_file = read_prompts(s.heldout_prompts) if s.heldout_prompts is not None else None
     if s.calibration_prompts is not None:
@@ -288,7 +346,9 @@ def run_sweep_experiment(s: ExperimentSettings, *, echo: Echo = _quiet, warn: Ec
 
     model = load(s, echo)
     vec = resolve_vector(state, model_vector(model, s, file_vec), extracted=file_vec is None)
-    cids, cprompts = prompt_set(model, s.calibration_prompts, "calibration")
+    cids, cprompts, cframing = prompt_set(model, s.calibration_prompts, "calibration", s.chat_template)
+    ids, prompts, hframing = prompt_set(model, s.heldout_prompts, "heldout", s.chat_template)
+    pre = run_preflight(model, prompts, probe, s, echo)  # before minutes of calibration, not after
     wanted = calibration_identity(model, vec, cprompts, stat=s.stat, target=s.target, tol=s.tol, window=s.window,
                                   positions=s.positions, c_min=s.c_min, c_max=s.c_max)
     cal = choose_calibration(state, wanted, explicit=ext_cal, explicit_source=str(s.calibration_path),
@@ -305,16 +365,17 @@ def run_sweep_experiment(s: ExperimentSettings, *, echo: Echo = _quiet, warn: Ec
             vec.save(rd.vector_path)  # keep the work: a rerun with --allow-unconverged uses it
             atomic_write_json(rd.calibration_path, cal)
             check_converged(cal, allow=False, source=f"the calibration (kept in {rd.calibration_path})")
-    ids, prompts = prompt_set(model, s.heldout_prompts, "heldout")
     echo(f"sweeping {len(alphas)} alphas x {len(prompts)} held-out prompts, window {s.window} -> {out}")
     if before_cells is not None:
         before_cells()
     run = sweep(model, vec, cal, prompts, out, prompt_ids=ids, alphas=alphas, window=s.window,
-                threshold=s.threshold, schedule=s.schedule, positions=s.positions, batch_size=s.batch_size,
+                threshold=s.threshold, spec=probe, schedule=s.schedule, positions=s.positions,
+                batch_size=s.batch_size,
                 seed=s.seed, progress=progress, allow_unconverged=s.allow_unconverged,
                 allow_other_model=s.allow_other_model,
                 manifest_extra={"calibration_source": str(Path(s.calibration_path).resolve()) if s.calibration_path
-                                else "calibrated in this run directory", **s.extra})
+                                else "calibrated in this run directory", "preflight": pre,
+                                "framing": {"calibration": cframing, "heldout": hframing}, **s.extra})
     echo(format_summary(summary_rows(run)))
     if cal.get("converged") is False:
         warn("the calibration did not converge; used because of --allow-unconverged (recorded in the manifest and "

@@ -64,7 +64,7 @@ class ProbeSpec:
     prefill: str = PREFILL
     true_variants: tuple[str, ...] = ("true",)
     false_variants: tuple[str, ...] = ("false",)
-    think_close: str = THINK_CLOSE
+    think_close: str = THINK_CLOSE  # "" for models without a think block: no fork is ever "after the answer"
     after_close: str = "skip"
 
     def __post_init__(self):
@@ -129,7 +129,10 @@ class _Segments:
 
 
 def think_closed(model, spec: ProbeSpec, traj: Rollout, t: int) -> bool:
-    """Has `</think>` been written after the last `<think>` of the prompt, or in rollout[:t]?"""
+    """Has `</think>` been written after the last `<think>` of the prompt, or in rollout[:t]? Never, for a probe
+    without a think convention (`think_close=""`: the model does not think in tags)."""
+    if not spec.think_close:
+        return False
     return spec.think_close in traj.prompt.rsplit("<think>", 1)[-1] or spec.think_close in decode(model, traj.tokens[:t])
 
 

@@ -51,6 +51,36 @@ def is_embedded(model) -> bool:
         return False
 
 
+FRAMINGS = ("auto", "none")
+
+
+def frame_prompts(model, prompts: list[str], chat_template: str = "auto") -> tuple[list[str], str]:
+    """User prompt-file texts as the model will see them, and how they were framed (for the manifest).
+
+    chat_template: "auto" = the tokenizer's chat template when it has one (as the built-in sets are framed), else
+    the text as written; "none" = the text as written; a path = a Jinja chat-template file applied to each prompt
+    as one user message (with the generation prompt).
+    """
+    if chat_template == "none":
+        return list(prompts), "none (as written)"
+    tok = model.tokenizer
+    if chat_template == "auto":
+        if not getattr(tok, "chat_template", None):
+            return list(prompts), "none (the tokenizer has no chat template)"
+        template, how = None, "the tokenizer's chat template"
+    else:
+        path = Path(chat_template)
+        if not path.is_file():
+            raise IsoKLError(f"--chat-template {chat_template!r} is neither auto, none nor a template file")
+        template, how = path.read_text(encoding="utf-8"), f"chat template file {path}"
+    try:
+        framed = [tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
+                                          add_generation_prompt=True, chat_template=template) for q in prompts]
+    except Exception as e:  # a broken Jinja template: one line naming it
+        raise IsoKLError(f"could not apply {how}: {type(e).__name__}: {e}") from None
+    return framed, how
+
+
 def frame(model, question: str) -> str:
     """A user question as the model expects it: chat template if the tokenizer has one."""
     tok = model.tokenizer
