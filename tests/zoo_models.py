@@ -113,3 +113,25 @@ def build(family: str, root: Path, *, seed: int = 0) -> Path:
     for name in TOKENIZER_FILES:
         shutil.copy(embedded_model_path() / name, out / name)
     return out
+
+
+def answering_llama(root: Path, *, yes: int = 524, no: int = 536, seed: int = 0) -> Path:
+    """A zoo Llama that always answers one of two tokens (" happy" 524 / " sad" 536 in the test-bed tokenizer):
+    every embedding shares a large common direction e and both answer rows of the unembedding point along e, so
+    P(yes) + P(no) ~ 1 after any context, while which of the two wins still depends on the context. The default
+    JSON true/false probe therefore finds it dead everywhere, and a probe asking for these two answers finds it
+    alive: what a real model with another answer format looks like to the preflight."""
+    from safetensors.torch import load_file, save_file
+
+    folder = build("llama", Path(root), seed=seed)
+    w = load_file(str(folder / "model.safetensors"))
+    g = torch.Generator().manual_seed(seed)
+    e = torch.randn(D, generator=g)
+    e = e / e.norm()
+    w["model.embed_tokens.weight"] = w["model.embed_tokens.weight"] + 8.0 * e
+    head = w["lm_head.weight"].clone()
+    split = 0.3 * torch.randn(D, generator=g)
+    head[yes], head[no] = 6.0 * e + split, 6.0 * e - split
+    w["lm_head.weight"] = head
+    save_file(w, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return folder

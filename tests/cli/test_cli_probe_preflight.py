@@ -1,0 +1,104 @@
+"""Bring your own model and probe, through the CLI: a tiny random Llama that answers " happy"/" sad" instead of
+JSON true/false. The preflight stops the default probe with the promised one-line message (what the model says
+instead, which flags to change), a probe given by flags or by a TOML file passes it, and calibrate + sweep then
+run end to end on a prompt file, with the probe, the preflight and the prompt framing recorded."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+from helpers_cli import one_line_error
+from zoo_models import answering_llama
+
+from tl_isokl_cli.main import cli
+
+FIXED = ["--probe-preset", "yes-no", "--probe-true", " happy", "--probe-false", " sad"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def bed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("byo")
+    model = answering_llama(root)
+    (root / "cal.txt").write_text("Is the sun a star?\nDo fish swim?\n")
+    (root / "held.txt").write_text("Can birds fly?\nIs salt sweet?\n")
+    (root / "probe.toml").write_text('prefill = "\\nAnswer:"\ntrue = [" happy"]\nfalse = [" sad"]\nthink_close = ""\n')
+    return root, model
+
+
+def common(root, model, out):
+    return ["--model", model, "--calibration-prompts", root / "cal.txt", "--window", "4", "--out", out]
+
+
+def test_preflight_stops_a_probe_the_model_cannot_answer(bed):
+    root, model = bed
+    r = invoke("sweep", *common(root, model, root / "default"), "--prompts", root / "held.txt", "--alphas", "0")
+    one_line_error(r, 1, "preflight:", "at t = 0 on 0/2 prompts", "' sad' 0.9", "--probe-preset",
+                   "--skip-preflight")
+    assert not (root / "default" / "cells").exists()  # nothing was calibrated or swept
+
+
+def test_fixed_probe_passes_and_the_sweep_records_it(bed):
+    root, model = bed
+    out = root / "fixed"
+    r = invoke("sweep", *common(root, model, out), "--prompts", root / "held.txt", "--alphas", "0,1", *FIXED,
+               "--no-figures")
+    assert r.exit_code == 0, r.output
+    assert "preflight: the unsteered model answers the probe at t = 0 on 100% of 2 prompts" in r.output
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["probe"]["prefill"] == "\nAnswer:" and m["probe"]["true_variants"] == [" happy"]
+    assert m["identity"]["probe"] == m["probe"]
+    assert m["preflight"]["alive_t0"] == 1.0 and m["preflight"]["skipped"] is False
+    framing = m["framing"]["heldout"]
+    assert framing["source"].endswith("held.txt") and framing["first_prompt"] == "Can birds fly?"
+    assert "no chat template" in framing["framing"]
+    cells = (out / "cells" / "alpha=0.jsonl").read_text().splitlines()
+    forks = [f for line in cells for f in json.loads(line)["forks"]]
+    assert forks and all(f["pmass"] >= 0.75 for f in forks)  # the unsteered model is alive under this probe
+
+
+def test_probe_file_and_chat_template_file_in_calibrate(bed, tmp_path):
+    root, model = bed
+    tpl = tmp_path / "tpl.jinja"
+    tpl.write_text("Q: {{ messages[0]['content'] }}\nA:")
+    out = tmp_path / "cal"
+    r = invoke("calibrate", "--model", model, "--prompts", root / "cal.txt", "--window", "4", "--out", out,
+               "--probe", root / "probe.toml", "--chat-template", tpl)
+    assert r.exit_code == 0, r.output
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["probe"]["false_variants"] == [" sad"] and m["probe"]["think_close"] == ""
+    assert m["framing"]["first_prompt"] == "Q: Is the sun a star?\nA:"
+    assert json.loads((out / "calibration.json").read_text())["prompts"][0] == "Q: Is the sun a star?\nA:"
+
+
+def test_skip_preflight_runs_and_says_so(bed, tmp_path):
+    root, model = bed
+    out = tmp_path / "skip"
+    r = invoke("calibrate", "--model", model, "--prompts", root / "cal.txt", "--window", "4", "--out", out,
+               "--skip-preflight")
+    assert r.exit_code == 0, r.output
+    assert "preflight: skipped" in r.output
+    assert json.loads((out / "manifest.json").read_text())["preflight"] == {"skipped": True}
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--probe-preset", "xml"], "unknown probe preset 'xml'"),
+    (["--probe-preset", "json", "--probe", "PROBE"], "give one of them"),
+])
+def test_bad_probe_settings_are_usage_errors(bed, args, needle):
+    root, model = bed
+    sub = {"PROBE": root / "probe.toml"}
+    r = invoke("calibrate", "--model", model, "--prompts", root / "cal.txt", *[sub.get(a, a) for a in args])
+    one_line_error(r, 2, needle)
+
+
+def test_bad_probe_file_is_one_line(bed, tmp_path):
+    root, model = bed
+    bad = tmp_path / "p.toml"
+    bad.write_text("prefill = \n")
+    one_line_error(invoke("calibrate", "--model", model, "--probe", bad), 1, "p.toml", "not valid TOML")
+    bad.write_text('prefill = "x"\nanswers = ["a"]\n')
+    one_line_error(invoke("calibrate", "--model", model, "--probe", bad), 1, "unknown field(s) answers")
