@@ -5,6 +5,7 @@
     python benchmarks/bench_gpu.py --max-cells 2           # time 2 of the 8 alpha cells and extrapolate (short GPU lease)
     python benchmarks/bench_gpu.py --native-attention      # same, with the native-attention prototype (HF sdpa)
     python benchmarks/bench_gpu.py --batch-alphas          # roll out every alpha's rows in one decode batch
+    python benchmarks/bench_gpu.py --fastpath --grow-cache # the other two prototypes (bridge fast path, copy-free cache)
     python benchmarks/bench_gpu.py --tiny                  # 2 layers, d 64, window 32, 3 prompts, CPU: seconds (smoked)
 
 No download: the model is `transformers.Olmo2Config` at OLMo-2-0425-1B's shape (16 layers, d_model 2048, 16 heads,
@@ -198,11 +199,20 @@ def run(args) -> dict:
         t0 = time.perf_counter()
         model = ik.load_model(str(folder), device=args.device, dtype=args.dtype)
         load_s = time.perf_counter() - t0
+        sys.path.insert(0, str(HERE))
         if args.native_attention:
-            sys.path.insert(0, str(HERE))
             from native_attention import enable_native_attention
 
             enable_native_attention(model)
+        if args.fastpath:
+            from bridge_fastpath import enable_fastpath
+
+            enable_fastpath()
+        if args.grow_cache:
+            from prealloc_cache import patched_dynamic_cache
+
+            cache_ctx = patched_dynamic_cache()
+            cache_ctx.__enter__()
         vec = ik.extract(model, *ik.default_concepts(model))
         pc = param_counts(model.original_model.config)
         ids, prompts = ik.default_prompts(model, "heldout")
@@ -216,6 +226,7 @@ def run(args) -> dict:
         res = {"device": _device_name(args.device), "dtype": args.dtype, "shape": args.shape,
                "params": pc, "window": args.window, "prompts": len(prompts), "alphas": alphas,
                "cells_timed": len(cells), "native_attention": bool(args.native_attention),
+               "fastpath": bool(args.fastpath), "grow_cache": bool(args.grow_cache),
                "batch_alphas": bool(args.batch_alphas), "build_s": build_s, "load_s": load_s,
                "bandwidth": args.bandwidth, "peak_flops": args.peak_flops, "stages": {}, "notes": notes}
         st = {k: {"seconds": 0.0, "floor": 0.0, "tokens": 0, "peak_gb": 0.0} for k in ("rollout", "kl", "probe")}
@@ -316,6 +327,12 @@ def run(args) -> dict:
         res["peak_gb"] = max(v["peak_gb"] for v in st.values())
         return res
     finally:
+        if args.fastpath:
+            from bridge_fastpath import disable_fastpath
+
+            disable_fastpath()
+        if args.grow_cache and "cache_ctx" in locals():
+            cache_ctx.__exit__(None, None, None)
         if tmp and not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -341,7 +358,9 @@ def report(res: dict) -> str:
     L = [f"{res['device']}; model {res['shape']} ({pc['non_embedding'] / 1e9:.3g} B non-embedding + "
          f"{(pc['lm_head'] + pc['embedding']) / 1e9:.3g} B embedding/head params), {res['dtype']} weights, fp32 "
          f"log-softmax; window {res['window']}; {res['prompts']} prompts x {len(res['alphas'])} alphas; attention "
-         f"{'native sdpa (prototype)' if res['native_attention'] else 'bridge eager (library default)'}; rollouts "
+         f"{'native sdpa (prototype)' if res['native_attention'] else 'bridge eager (library default)'}"
+         f"{'; bridge fast path' if res.get('fastpath') else ''}{'; copy-free KV cache' if res.get('grow_cache') else ''}"
+         f"; rollouts "
          f"{'all alphas in one batch' if res['batch_alphas'] else 'one alpha cell at a time'}",
          f"floors: bandwidth {res['bandwidth'] / 1e12:.2f} TB/s, peak {res['peak_flops'] / 1e12:.0f} TFLOP/s (flags)"]
     if res["cells_timed"] != len(res["alphas"]):
@@ -388,6 +407,8 @@ def parse(argv=None):
     ap.add_argument("--probe-batch", type=int, default=8)
     ap.add_argument("--batch-alphas", action="store_true", help="all alphas' rollouts in one decode batch")
     ap.add_argument("--native-attention", action="store_true", help="benchmarks/native_attention.py prototype")
+    ap.add_argument("--fastpath", action="store_true", help="benchmarks/bridge_fastpath.py prototype")
+    ap.add_argument("--grow-cache", action="store_true", help="benchmarks/prealloc_cache.py prototype (no per-step cat)")
     ap.add_argument("--bandwidth", type=float, default=4.8e12, help="bytes/s (H200 HBM3e: 4.8e12)")
     ap.add_argument("--peak-flops", type=float, default=989e12, help="FLOP/s (H200 bf16 dense: ~989e12)")
     ap.add_argument("--threads", type=int, default=1)
