@@ -14,6 +14,7 @@ calibrate c* -> fork probe -> sweep alpha into a run directory -> survival / fig
 from tl_isokl.errors import CalibrationError, IsoKLError, IsoKLWarning
 from tl_isokl.model import load_model
 from tl_isokl.vector import Gate, SteeringVector
+from tl_isokl.vector_formats import VectorSource, read_vector
 from tl_isokl.extract import extract
 from tl_isokl.steer import Steering, steer
 from tl_isokl.records import Rollout
@@ -26,7 +27,7 @@ from tl_isokl.rundir import load_run
 from tl_isokl.prompt_sets import default_concepts, default_prompts
 
 __all__ = [
-    "load_model", "SteeringVector", "Gate", "extract", "steer", "Steering", "rollout", "Rollout", "per_token_kl",
-    "calibrate", "CalibrationResult", "ProbeSpec", "probe", "sweep", "load_run", "default_prompts",
-    "default_concepts", "IsoKLError", "CalibrationError", "IsoKLWarning",
+    "load_model", "SteeringVector", "Gate", "read_vector", "VectorSource", "extract", "steer", "Steering",
+    "rollout", "Rollout", "per_token_kl", "calibrate", "CalibrationResult", "ProbeSpec", "probe", "sweep",
+    "load_run", "default_prompts", "default_concepts", "IsoKLError", "CalibrationError", "IsoKLWarning",
 ]

@@ -110,12 +110,17 @@ def prompt_set(model, path: str | Path | None, kind: str, chat_template: str = "
 
 
 def file_vector(s: ExperimentSettings):
-    """The --vector file's vector (with the requested gate), or None; loaded before any model."""
+    """The --vector file's vector (with the requested gate), or None; loaded before any model.
+
+    Any file `tl_isokl.vector_formats.read_vector` reads: tl-isokl's own, another tool's tensor or {layer: tensor}
+    file (`s.layer` when it does not say its layer), or an SAE feature; `vector_path` may be a `VectorSource`
+    naming the tensor (key), the SAE feature or the method (external+ablate)."""
     if s.vector_path is None:
         return None
-    from tl_isokl.vector import Gate, SteeringVector
+    from tl_isokl.vector import Gate
+    from tl_isokl.vector_formats import read_vector
 
-    vec = SteeringVector.load(s.vector_path)
+    vec = read_vector(s.vector_path, layer=s.layer)
     return vec.with_gate(Gate(s.gate, 0.0 if s.tau is None else s.tau)) if s.gate else vec
 
 

@@ -5,7 +5,8 @@ A method name composes them: "<extractor>" (applied additively), "<extractor>+<o
 new extractor or operator works with every other one at once. Gates wrap any method (with the exceptions an
 operator declares, see `Operator.gates`).
 
-    extractors  (pos [n, d], neg [m, d]) -> direction [d]     mean_diff, pca, random (the matched-KL null)
+    extractors  (pos [n, d], neg [m, d]) -> direction [d]     mean_diff, pca, random (the matched-KL null);
+                                                                external = loaded from a file, never extracted
     operators   h' = h + c * g * delta(h, v)                    add: delta = v;  ablate: delta = -(h . r) r
     gates       g(h, v, tau) per token                          soft, hard, sign
 
@@ -116,6 +117,15 @@ def random(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
     r = torch.randn(pos.shape[-1], generator=g, dtype=torch.float64).float()
     return r / r.norm() * mean_diff(pos, neg).norm()
+
+
+@register_extractor("external")
+def external(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """A direction made elsewhere (another library's file, an SAE feature, arithmetic, a raw tensor): it is loaded
+    (`tl_isokl.vector_formats.read_vector`, `SteeringVector.from_tensor`), never extracted here. `external` and
+    `external+ablate` name how such a vector is applied; how it was made is in its metadata."""
+    raise IsoKLError("external vectors are loaded, not extracted: pass --vector FILE (or --sae DIR --sae-feature N), "
+                     "or use SteeringVector.from_tensor(...) in Python")
 
 
 # ---------------------------------------------------------------------------------------------- operators

@@ -149,13 +149,28 @@ def steering_hooks(vector: SteeringVector | None, coeffs, *, positions: str = "a
 
 
 @contextmanager
-def steer(model, vector: SteeringVector, coeff: float | torch.Tensor = 1.0, *, positions: str = "all",
-          start: int | torch.Tensor = 0):
+def steer(model, vector: SteeringVector | torch.Tensor, coeff: float | torch.Tensor = 1.0, *,
+          positions: str = "all", start: int | torch.Tensor = 0, layer: int | None = None):
     """Context manager: `with steer(model, vec, 4.0) as s: model.generate(...)`; yields the `Steering`.
 
-    `coeff` and `start` may be one value or one per batch row (a list or tensor). Checks the hook exists first:
-    TransformerBridge.hooks() silently skips unknown names, which would give an unsteered run.
+    `vector` is a SteeringVector, or a raw 1-D direction (torch tensor or numpy array) with `layer=` the block
+    whose resid_post it steers: `steer(model, t, 4.0, layer=3)` adds 4 t there (method "external"). A `layer`
+    given with a SteeringVector must be its own layer. `coeff` and `start` may be one value or one per batch row
+    (a list or tensor). Checks the hook exists first: TransformerBridge.hooks() silently skips unknown names,
+    which would give an unsteered run.
     """
+    if not isinstance(vector, SteeringVector):
+        import numpy as np
+
+        if not isinstance(vector, (torch.Tensor, np.ndarray)):
+            raise IsoKLError(f"steer() takes a SteeringVector or a 1-D tensor, not {type(vector).__name__}")
+        if layer is None:
+            raise IsoKLError("steer() got a raw tensor; pass layer=N (the block whose resid_post it steers), or a "
+                             "SteeringVector (SteeringVector.from_tensor(tensor, layer))")
+        vector = SteeringVector.from_tensor(vector, layer)
+    elif layer is not None and int(layer) != vector.layer:
+        raise IsoKLError(f"steer(): the vector is for layer {vector.layer}, not layer={layer}; drop layer=, or make "
+                         f"a vector for that layer with SteeringVector.from_tensor(vector.direction, {layer})")
     vector.check_model(model)
     s = Steering(vector, coeff, positions=positions, start=start)
     with model.hooks(fwd_hooks=s.fwd_hooks()):
