@@ -5,6 +5,7 @@ Heavy imports (torch, transformer_lens) happen inside the helpers, never at impo
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 from typing import Callable, Iterable
@@ -98,7 +99,28 @@ def positions_option(fn):
 
 
 def vector_options(fn):
-    """--vector FILE, or --method/--layer/--concept to extract one on the fly; plus an optional gate."""
+    """--vector FILE (tl-isokl's own, or another tool's: --vector-key, --layer), --sae DIR --sae-feature N, or
+    --method/--layer/--concept to extract one on the fly; plus an optional gate.
+
+    The command sees one `vector_path` parameter: --vector-key, --sae, --sae-feature and an explicit --method are
+    folded into it as a `tl_isokl.vector_formats.VectorSource` (os.PathLike, so it goes wherever a path goes:
+    `ExperimentSettings.vector_path`, `early_vector`). A plain --vector FILE stays a Path.
+    """
+    inner = fn
+
+    @functools.wraps(inner)
+    def fn(*args, vector_key=None, sae_dir=None, sae_feature=None, **kwargs):
+        kwargs["vector_path"] = _vector_source(kwargs.get("vector_path"), vector_key, sae_dir, sae_feature,
+                                               kwargs.get("method"))
+        return inner(*args, **kwargs)
+
+    fn = click.option("--sae-feature", type=click.IntRange(min=0), default=None, metavar="N",
+                      help="With --sae: steer along feature N's decoder direction W_dec[N].")(fn)
+    fn = click.option("--sae", "sae_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+                      default=None, help="A local SAELens SAE folder (cfg.json + sae_weights.safetensors) on "
+                                         "blocks.N.hook_resid_post/pre; the layer comes from its hook.")(fn)
+    fn = click.option("--vector-key", default=None, metavar="NAME",
+                      help="Which tensor of a --vector file holding several (by name, e.g. layer.5).")(fn)
     fn = click.option("--tau", type=click.FloatRange(-1.0, 1.0), default=None,
                       help="Cosine threshold of --gate (default 0); refused without --gate.")(fn)
     fn = click.option("--gate", type=GATE, default=None, help="Wrap the method in a per-token cosine gate.")(fn)
@@ -106,13 +128,39 @@ def vector_options(fn):
                       help="Shipped contrastive sets used when extracting (test bed: cheerful, gloomy, animal, "
                            "machine).")(fn)
     fn = click.option("--layer", type=click.IntRange(min=0), default=None,
-                      help="Block whose resid_post is steered (default: the middle block).")(fn)
+                      help="Block whose resid_post is steered (default: the middle block); with a --vector file of "
+                           "another tool, its layer when the file does not say or holds several.")(fn)
     fn = click.option("--method", type=METHOD, default="mean_diff", show_default=True,
-                      help=f"Steering method when no --vector is given: {METHOD_HELP}")(fn)
+                      help=f"Steering method when no --vector is given: {METHOD_HELP} A loaded vector of another "
+                           f"tool is 'external' (or e.g. external+ablate).")(fn)
     fn = click.option("--vector", "vector_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                      default=None, help="A vector file from `tl-isokl extract` (then --method/--layer/--concept "
-                                         "are refused: the file fixes them).")(fn)
+                      default=None, help="A vector file: from `tl-isokl extract` (then --method/--layer/--concept "
+                                         "are refused: the file fixes them), or another tool's .safetensors, "
+                                         ".pt/.pth (weights only), .npy/.npz or .gguf control vector, one tensor or "
+                                         "{layer: tensor} (see --vector-key, --layer).")(fn)
     return fn
+
+
+def _vector_source(vector_path, vector_key, sae_dir, sae_feature, method):
+    """The --vector/--sae flags as one value: None, the plain Path, or a VectorSource; contradictions refused."""
+    if sae_dir is not None and vector_path is not None:
+        raise click.UsageError(f"pass either --vector {vector_path} or --sae {sae_dir}, not both")
+    if sae_feature is not None and sae_dir is None:
+        raise click.UsageError(f"--sae-feature {sae_feature} needs --sae DIR (the SAELens folder)")
+    if sae_dir is not None and sae_feature is None:
+        raise click.UsageError(f"--sae {sae_dir} needs --sae-feature N (which feature's decoder direction to steer "
+                               f"along)")
+    if vector_key is not None and vector_path is None:
+        raise click.UsageError(f"--vector-key {vector_key} has no effect without --vector FILE; drop it")
+    path = sae_dir if sae_dir is not None else vector_path
+    if path is None:
+        return None
+    explicit = method if given("method") else None
+    if vector_key is None and sae_feature is None and explicit is None:
+        return path
+    from tl_isokl.vector_formats import VectorSource
+
+    return VectorSource(path, key=vector_key, sae_feature=sae_feature, method=explicit)
 
 
 def probe_options(fn):
@@ -178,8 +226,10 @@ def refuse_unused(flags: list[str], why: str) -> None:
 def early_vector(vector_path, method, layer, concept, gate, tau):
     """Flag checks and the --vector file, before any model loads; returns the loaded file's vector or None.
 
-    Refused: --tau without --gate; --method/--layer/--concept next to --vector (the file fixes them); a gate
-    that has no meaning with the method (sign with an ablation).
+    Refused: --tau without --gate; --method/--layer/--concept next to a tl-isokl --vector file (the file fixes
+    them); --concept, or a --method other than external[+OPERATOR], next to another tool's file or --sae;
+    --method external without a file; a gate that has no meaning with the method (sign with an ablation).
+    Another tool's file is read by `tl_isokl.vector_formats.read_vector` (with --layer when it needs one).
     """
     if tau is not None and gate is None:
         raise click.UsageError(f"--tau {tau:g} has no effect without --gate; add --gate soft|hard|sign or drop --tau")
@@ -187,11 +237,31 @@ def early_vector(vector_path, method, layer, concept, gate, tau):
     from tl_isokl.vector import Gate, SteeringVector
 
     if vector_path is not None:
-        refuse_unused([f"--{n}" for n in ("method", "layer", "concept") if given(n)],
-                      f"with --vector {vector_path} (the file fixes the method, layer and direction)")
-        vec = SteeringVector.load(vector_path)
+        from tl_isokl.methods import parse_method
+        from tl_isokl.vector_formats import VectorSource, is_tl_isokl_file, read_vector
+
+        src = vector_path if isinstance(vector_path, VectorSource) else None
+        if (src is None or src.sae_feature is None) and is_tl_isokl_file(vector_path):
+            refuse_unused([f"--{n}" for n in ("method", "layer", "concept") if given(n)]
+                          + (["--vector-key"] if src is not None and src.key is not None else []),
+                          f"with --vector {vector_path} (the file fixes the method, layer and direction)")
+            vec = SteeringVector.load(vector_path)
+        else:
+            flag = "--sae" if src is not None and src.sae_feature is not None else "--vector"
+            refuse_unused(["--concept"] if given("concept") else [],
+                          f"with {flag} {vector_path} (the direction is loaded, not extracted)")
+            if given("method") and parse_method(method)[0].name != "external":
+                raise click.BadParameter(f"{method!r}: a vector loaded with {flag} was not extracted here; use "
+                                         f"external or external+OPERATOR (e.g. external+ablate)",
+                                         param_hint="--method")
+            vec = read_vector(vector_path, layer=layer)
         method = vec.method
     else:
+        from tl_isokl.methods import parse_method
+
+        if parse_method(method)[0].name == "external":
+            raise click.BadParameter(f"{method!r} needs --vector FILE or --sae DIR --sae-feature N: external "
+                                     f"vectors are loaded, not extracted", param_hint="--method")
         check_concept(concept)
         vec = None
     if gate is not None:
