@@ -58,7 +58,8 @@ def calibration_options(fn):
 @allow_other_model_option
 @probe_options
 @friendly_errors
-def command(model_name, dtype, device, vector_path, method, layer, concept, gate, tau, positions, window, target,
+def command(model_name, dtype, device, revision, vector_path, method, layer, concept, gate, tau,
+            positions, window, target,
             stat, tol, c_max, c_min, prompts_path, batch_size, seed, out, fresh, allow_other_model, probe_preset,
             probe_file, probe_prefill, probe_true, probe_false, probe_think_close, skip_preflight, chat_template):
     """Find the iso-KL dose c* of a steering vector and write calibration.json + manifest.json.
@@ -71,7 +72,8 @@ def command(model_name, dtype, device, vector_path, method, layer, concept, gate
     check_bounds(c_min, c_max)
     early_vector(vector_path, method, layer, concept, gate, tau)  # flag contradictions, before anything loads
     settings = ExperimentSettings(
-        model=model_name, dtype=dtype, device=device, vector_path=vector_path, method=method, layer=layer,
+        model=model_name, revision=revision, dtype=dtype, device=device, vector_path=vector_path, method=method,
+        layer=layer,
         concept=concept, gate=gate, tau=tau, positions=positions, window=window, target=target, stat=stat, tol=tol,
         c_min=c_min, c_max=c_max, calibration_prompts=prompts_path, batch_size=batch_size, seed=seed, out=out,
         fresh=fresh, allow_other_model=allow_other_model, probe_preset=probe_preset, probe_file=probe_file,

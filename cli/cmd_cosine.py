@@ -29,7 +29,8 @@ from tl_isokl_cli.main import friendly_errors
               help="Output folder (default runs/cosine-<model>-<method>-L<layer>): cosine.png, cosine.json.")
 @allow_other_model_option
 @friendly_errors
-def command(model_name, dtype, device, vector_path, method, layer, concept, gate, tau, text, prompt_index, coeff,
+def command(model_name, dtype, device, revision, vector_path, method, layer, concept, gate, tau,
+            text, prompt_index, coeff,
             alpha, calibration_path, out, allow_other_model):
     """Cosine between every layer's resid_post and the steering direction, per token, for the base model and the
     model steered at --coeff (or --alpha x c*); prints the per-layer table, writes a heatmap and a JSON summary.
@@ -51,7 +52,6 @@ def command(model_name, dtype, device, vector_path, method, layer, concept, gate
 
     steered_coeff(coeff=coeff, alpha=alpha, calibration=calibration_path)  # a bad calibration file fails now
     file_vec = early_vector(vector_path, method, layer, concept, gate, tau)
-    revision = None
     if model_name is None:
         model_name, revision = recorded_model(calibration_path, file_vec)
         if model_name is not None:

@@ -34,7 +34,7 @@ PROMPT_FILE = click.Path(dir_okay=False, path_type=Path, exists=True)
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, metavar="FILE",
               help="Where to write the vector (.safetensors).")
 @friendly_errors
-def command(model_name, dtype, device, method, layer, pos_path, neg_path, concept, token, unit, gate, tau,
+def command(model_name, dtype, device, revision, method, layer, pos_path, neg_path, concept, token, unit, gate, tau,
             batch_size, out):
     """Extract a steering vector from contrastive prompts and save it.
 
@@ -66,7 +66,7 @@ def command(model_name, dtype, device, method, layer, pos_path, neg_path, concep
     if pos_path is not None:
         pos, neg = read_prompts(pos_path), read_prompts(neg_path)
         sources = (str(pos_path), str(neg_path))
-    model = load(model_name, dtype, device)
+    model = load(model_name, dtype, device, revision=revision)
     if pos_path is None:
         pos, neg = concept_sets(model, concept)
         pos_name, neg_name = check_concept(concept)

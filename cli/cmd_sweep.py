@@ -46,7 +46,8 @@ from tl_isokl_cli.main import friendly_errors
 @probe_options
 @click.option("--no-figures", is_flag=True, help="Skip drawing figures and report.md at the end.")
 @friendly_errors
-def command(model_name, dtype, device, vector_path, method, layer, concept, gate, tau, positions, calibration_path,
+def command(model_name, dtype, device, revision, vector_path, method, layer, concept, gate, tau,
+            positions, calibration_path,
             window, alphas, threshold, schedule, prompts_path, cal_prompts_path, target, stat, tol, c_min, c_max,
             batch_size, seed, out, fresh, allow_unconverged, allow_other_model, probe_preset, probe_file,
             probe_prefill, probe_true, probe_false, probe_think_close, skip_preflight, chat_template, no_figures):
@@ -77,7 +78,8 @@ def command(model_name, dtype, device, vector_path, method, layer, concept, gate
                                       ("--calibration-prompts", "cal_prompts_path")) if given(n)],
                       f"with --calibration {calibration_path} (they only apply when the sweep calibrates)")
     settings = ExperimentSettings(
-        model=model_name, dtype=dtype, device=device, vector_path=vector_path, method=method, layer=layer,
+        model=model_name, revision=revision, dtype=dtype, device=device, vector_path=vector_path, method=method,
+        layer=layer,
         concept=concept, gate=gate, tau=tau, positions=positions, window=window, target=target, stat=stat, tol=tol,
         c_min=c_min, c_max=c_max, calibration_prompts=cal_prompts_path, batch_size=batch_size, seed=seed, out=out,
         fresh=fresh, allow_other_model=allow_other_model, calibration_path=calibration_path,

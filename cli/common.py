@@ -84,7 +84,9 @@ def stat_option(fn):
 
 
 def model_options(fn):
-    """--model, --dtype, --device."""
+    """--model, --revision, --dtype, --device."""
+    fn = click.option("--revision", default=None, metavar="REV",
+                      help="Hub revision (branch, tag or commit) of --model, from the local cache; recorded.")(fn)
     fn = click.option("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available).")(fn)
     fn = click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32",
                       show_default=True, help="Model dtype; KL and probes are computed in float32 regardless.")(fn)
@@ -170,7 +172,8 @@ def probe_options(fn):
                       help="Framing of prompt files: auto = the tokenizer's chat template when it has one (as the "
                            "built-in sets), none = as written, or a Jinja template file.")(fn)
     fn = click.option("--skip-preflight", is_flag=True,
-                      help="Run even if the unsteered model cannot answer the probe (checked on the prompts first).")(fn)
+                      help="Run even if the unsteered model cannot answer the probe (checked on the prompts "
+                           "first).")(fn)
     fn = click.option("--probe-think-close", default=None, metavar="TEXT",
                       help='The tag that ends thinking ("" for models without a think block).')(fn)
     fn = click.option("--probe-false", multiple=True, metavar="TEXT",

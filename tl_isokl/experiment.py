@@ -70,6 +70,7 @@ class ExperimentSettings:
     probe_think_close: str | None = None
     skip_preflight: bool = False
     chat_template: str = "auto"
+    revision: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def probe(self):
@@ -153,7 +154,7 @@ def load(s: ExperimentSettings, echo: Echo = _quiet):
 
     torch.manual_seed(s.seed)
     echo(f"loading model {s.model or 'embedded test bed'} ({s.dtype})")
-    return load_model(s.model, dtype=s.dtype, device=s.device)
+    return load_model(s.model, dtype=s.dtype, device=s.device, revision=s.revision)
 
 
 def calibrate_verbose(model, vec, ids, prompts, s: ExperimentSettings, *, echo: Echo = _quiet,
@@ -203,7 +204,8 @@ def calibration_request(s: ExperimentSettings, spec: str, file_vec) -> dict[str,
             "stat": s.stat, "tol": s.tol, "c_min": s.c_min, "c_max": s.c_max,
             "prompts": file_sha(s.calibration_prompts),
             "vector": file_vec.sha256 if file_vec else {"method": s.method, "layer": s.layer, "concept": s.concept},
-            "gate": s.gate, "tau": s.tau, **({"chat_template": s.chat_template} if s.chat_template != "auto" else {})}
+            "gate": s.gate, "tau": s.tau, **({"chat_template": s.chat_template} if s.chat_template != "auto" else {}),
+            **({"revision": s.revision} if s.revision else {})}
 
 
 def run_calibration_experiment(s: ExperimentSettings, *, echo: Echo = _quiet, on_round: Callable | None = None,
@@ -296,7 +298,7 @@ def _non_default(s: ExperimentSettings) -> dict[str, Any]:
     before these settings existed stay the same)."""
     from tl_isokl.probe import ProbeSpec
 
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"revision": s.revision} if s.revision else {}
     probe = s.probe()
     if probe != ProbeSpec():
         out["probe"] = probe.to_dict()

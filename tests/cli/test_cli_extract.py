@@ -27,7 +27,7 @@ def reuse_model(model, monkeypatch):
     test below still goes through the real loader."""
     import tl_isokl_cli.cmd_extract as cmd
 
-    monkeypatch.setattr(cmd, "load", lambda name, dtype, device: model)
+    monkeypatch.setattr(cmd, "load", lambda name, dtype, device, revision=None: model)
     return model
 
 
