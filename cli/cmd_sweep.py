@@ -23,7 +23,7 @@ from tl_isokl_cli.main import friendly_errors
 @click.option("--window", type=click.IntRange(min=1), default=256, show_default=True,
               help="Generated tokens per held-out rollout (and per calibration rollout when calibrating here).")
 @click.option("--alphas", default="0,0.25,0.5,0.75,1,1.5,2,4", show_default=True,
-              help="Doses in units of c*, comma-separated.")
+              help="Doses in units of c*, comma-separated; a negative alpha steers along -v at |alpha| c*.")
 @click.option("--threshold", type=click.FloatRange(0, 1, min_open=True), default=0.75, show_default=True,
               help="Alive iff P(true) + P(false) >= threshold at a fork.")
 @click.option("--forks", "schedule", default="log2", show_default=True,

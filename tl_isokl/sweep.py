@@ -32,7 +32,8 @@ DEFAULT_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0)
 
 
 def parse_alphas(text: str | Sequence[float]) -> tuple[float, ...]:
-    """'0,0.25,1' -> (0.0, 0.25, 1.0); each alpha must be a finite number >= 0, no duplicates."""
+    """'0,0.25,1' -> (0.0, 0.25, 1.0); finite numbers, no duplicates. A negative alpha steers the opposite way at
+    |alpha| x c* (c* was calibrated for +v; -v need not cost the same KL, which the held-out KL table shows)."""
     if isinstance(text, str):
         parts = [p.strip() for p in text.split(",") if p.strip()]
         try:
@@ -43,9 +44,9 @@ def parse_alphas(text: str | Sequence[float]) -> tuple[float, ...]:
         vals = [float(a) for a in text]
     if not vals:
         raise IsoKLError("no alphas given; e.g. --alphas 0,0.5,1,2,4")
-    bad = [a for a in vals if not np.isfinite(a) or a < 0]
+    bad = [a for a in vals if not np.isfinite(a)]
     if bad:
-        raise IsoKLError(f"alpha {bad[0]} is invalid; alphas are doses in units of c*, finite and >= 0")
+        raise IsoKLError(f"alpha {bad[0]} is invalid; alphas are doses in units of c*, finite numbers")
     if len(set(vals)) != len(vals):
         raise IsoKLError(f"alphas {vals} contain duplicates")
     return tuple(sorted(vals))

@@ -101,7 +101,8 @@ def test_heldout_must_be_disjoint_from_calibration(model, vec, cal, tmp_path):
 
 def test_parse_alphas():
     assert parse_alphas("1, 0,0.25") == (0.0, 0.25, 1.0)
-    for bad, msg in (("a,b", "comma-separated"), ("-1", "invalid"), ("", "no alphas"), ("1,1", "duplicates")):
+    assert parse_alphas("-1,0,1") == (-1.0, 0.0, 1.0)  # a negative alpha steers along -v
+    for bad, msg in (("a,b", "comma-separated"), ("nan", "invalid"), ("", "no alphas"), ("1,1", "duplicates")):
         with pytest.raises(IsoKLError, match=msg):
             parse_alphas(bad)
 
@@ -138,3 +139,22 @@ def test_sweep_takes_a_probe_object(model, vec, cal, heldout, tmp_path):
     assert [f.died for f in fates[0.0]] == [False, False]
     assert all(f.died and f.time == 4 and f.interval == (0, 4) for f in fates[1.0] if f.died)
     assert run.manifest["probe"] == {"kind": "every-four", "schedule": 4}
+
+
+def test_negative_alpha_steers_the_opposite_way(model, vec, cal, heldout, tmp_path):
+    """alpha = -1 is -c* along v: the rollout equals one steered by the negated vector at +c* (an independent
+    path: SteeringVector arithmetic, not the sweep's sign)."""
+    from tl_isokl.rollout import rollout
+
+    run = sweep(model, vec, cal, heldout[:2], tmp_path / "neg", alphas=(-1.0, 0.0), window=12)
+    neg = sorted(run.by_alpha()[-1.0], key=lambda t: t.prompt_id)
+    assert all(t.coeff == pytest.approx(-cal.c_star) for t in neg)
+    flipped = rollout(model, -vec, heldout[:2], [cal.c_star] * 2, window=12, prompt_ids=["p000", "p001"])
+    assert [t.tokens for t in neg] == [r.tokens for r in sorted(flipped, key=lambda r: r.prompt_id)]
+    assert all(np.asarray(t.kl).max() > 0 for t in neg)
+    from tl_isokl.report import draw_figures, write_report
+
+    import re
+
+    assert len(draw_figures(run.path)) == 3
+    assert re.search(r"^\|\s*-1\s*\|", write_report(run.path).read_text(), flags=re.M)
