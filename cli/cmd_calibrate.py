@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import click
 
 from tl_isokl_cli.common import (Progress, allow_other_model_option, early_vector, fresh_option, model_options,
-                                 positions_option, probe_options, stat_option, unescape, vector_options)
+                                 positions_option, probe_options, sampling_options, stat_option, unescape,
+                                 vector_options)
 from tl_isokl_cli.main import friendly_errors
 
 
@@ -50,18 +52,21 @@ def calibration_options(fn):
 @click.option("--prompts", "prompts_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="Calibration prompts (.txt one per line, or .jsonl with a 'prompt' field).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Recorded; greedy rollouts do not sample.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of sampled rollouts (--temperature > 0) and of torch; recorded.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output folder (default runs/calibrate-<model>-<method>-L<layer>-w<window>-<hash of every "
                    "setting>).")
 @fresh_option
 @allow_other_model_option
 @probe_options
+@functools.partial(sampling_options, samples=False)
 @friendly_errors
 def command(model_name, dtype, device, revision, vector_path, method, layer, concept, gate, tau,
             positions, window, target,
             stat, tol, c_max, c_min, prompts_path, batch_size, seed, out, fresh, allow_other_model, probe_preset,
-            probe_file, probe_prefill, probe_true, probe_false, probe_think_close, skip_preflight, chat_template):
+            probe_file, probe_prefill, probe_true, probe_false, probe_think_close, skip_preflight, chat_template,
+            temperature, top_p):
     """Find the iso-KL dose c* of a steering vector and write calibration.json + manifest.json.
 
     Everything that needs no model is checked first (flags, the vector and prompt files, that --out is writable).
@@ -79,7 +84,7 @@ def command(model_name, dtype, device, revision, vector_path, method, layer, con
         fresh=fresh, allow_other_model=allow_other_model, probe_preset=probe_preset, probe_file=probe_file,
         probe_prefill=unescape(probe_prefill), probe_true=tuple(map(unescape, probe_true)),
         probe_false=tuple(map(unescape, probe_false)), probe_think_close=unescape(probe_think_close),
-        skip_preflight=skip_preflight, chat_template=chat_template)
+        skip_preflight=skip_preflight, chat_template=chat_template, temperature=temperature, top_p=top_p)
     prog = Progress()
     done = [0]
 

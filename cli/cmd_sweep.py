@@ -8,8 +8,8 @@ import click
 
 from tl_isokl_cli.cmd_calibrate import calibration_options, check_bounds, round_printer
 from tl_isokl_cli.common import (Progress, allow_other_model_option, early_vector, fresh_option, given,
-                                 model_options, positions_option, probe_options, refuse_unused, unescape,
-                                 vector_options)
+                                 model_options, positions_option, probe_options, refuse_unused, sampling_options,
+                                 unescape, vector_options)
 from tl_isokl_cli.main import friendly_errors
 
 
@@ -35,7 +35,8 @@ from tl_isokl_cli.main import friendly_errors
               help="Calibration prompts when calibrating here (default: the model's calibration set).")
 @calibration_options
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Recorded; greedy rollouts do not sample.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of sampled rollouts (--temperature > 0) and of torch; recorded.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Run directory (default runs/sweep-<model>-<method>-L<layer>-w<window>-<hash of every setting>); "
                    "rerun the same command to resume.")
@@ -44,13 +45,15 @@ from tl_isokl_cli.main import friendly_errors
               help="Use a calibration with converged=false (the manifest and report say so).")
 @allow_other_model_option
 @probe_options
+@sampling_options
 @click.option("--no-figures", is_flag=True, help="Skip drawing figures and report.md at the end.")
 @friendly_errors
 def command(model_name, dtype, device, revision, vector_path, method, layer, concept, gate, tau,
             positions, calibration_path,
             window, alphas, threshold, schedule, prompts_path, cal_prompts_path, target, stat, tol, c_min, c_max,
             batch_size, seed, out, fresh, allow_unconverged, allow_other_model, probe_preset, probe_file,
-            probe_prefill, probe_true, probe_false, probe_think_close, skip_preflight, chat_template, no_figures):
+            probe_prefill, probe_true, probe_false, probe_think_close, skip_preflight, chat_template, temperature,
+            top_p, samples_per_prompt, no_figures):
     """Calibrate (unless --calibration is given), sweep alpha on held-out prompts, write the run directory.
 
     Rerunning the same command resumes. A run directory (or --calibration file) made with other settings is
@@ -87,7 +90,8 @@ def command(model_name, dtype, device, revision, vector_path, method, layer, con
         allow_unconverged=allow_unconverged, figures=not no_figures, probe_preset=probe_preset,
         probe_file=probe_file, probe_prefill=unescape(probe_prefill), probe_true=tuple(map(unescape, probe_true)),
         probe_false=tuple(map(unescape, probe_false)), probe_think_close=unescape(probe_think_close),
-        skip_preflight=skip_preflight, chat_template=chat_template)
+        skip_preflight=skip_preflight, chat_template=chat_template, temperature=temperature, top_p=top_p,
+        samples_per_prompt=samples_per_prompt)
     prog, cal_prog = Progress(), Progress()
     done = [0]
 

@@ -200,6 +200,18 @@ def unescape(text: str | None) -> str | None:
     return unescape_line(text)
 
 
+def sampling_options(fn, samples: bool = True):
+    """--temperature, --top-p (and --samples-per-prompt): seeded sampled rollouts instead of greedy ones."""
+    if samples:
+        fn = click.option("--samples-per-prompt", type=click.IntRange(min=1), default=1, show_default=True,
+                          help="Sampled rollouts per held-out prompt (needs --temperature > 0).")(fn)
+    fn = click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
+                      help="Nucleus sampling mass (with --temperature > 0).")(fn)
+    fn = click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True,
+                      help="0 = greedy rollouts; above 0, sampled with --seed per prompt (recorded).")(fn)
+    return fn
+
+
 def allow_other_model_option(fn):
     return click.option("--allow-other-model", is_flag=True,
                         help="Apply a vector whose metadata names another model than the loaded one.")(fn)

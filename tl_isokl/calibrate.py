@@ -28,7 +28,7 @@ from tl_isokl.statistics import statistic, summarize
 from tl_isokl.identity import calibration_identity, warn_reflection
 from tl_isokl.kl import per_token_kl
 from tl_isokl.records import Rollout
-from tl_isokl.rollout import grid, rollout
+from tl_isokl.rollout import GREEDY, Sampling, grid, rollout
 from tl_isokl.vector import SteeringVector
 
 @dataclass
@@ -155,6 +155,7 @@ def calibrate(
     positions: str = "all",
     progress: Callable[[int], None] | None = None,
     on_round: Callable[[int, list[CalibrationPoint]], None] | None = None,
+    sampling: Sampling = GREEDY,
 ) -> CalibrationResult:
     """Find c* with stat(pooled per-token KL over `window`-token greedy rollouts) = target (nats), within
     `tol` relative (|stat - target| <= tol * target; 0.05 = 5%).
@@ -187,7 +188,7 @@ def calibrate(
     def evaluate(cs: list[float], rnd: int) -> list[CalibrationPoint]:
         P, C, I = grid(prompts, cs, pids)
         rolls: list[Rollout] = rollout(model, vector, P, C, prompt_ids=I, window=window, batch_size=batch_size,
-                                       positions=positions, progress=progress)
+                                       positions=positions, progress=progress, sampling=sampling)
         kls = per_token_kl(model, vector, rolls, batch_size=batch_size, positions=positions)
         pts = []
         n = len(prompts)
@@ -209,7 +210,8 @@ def calibrate(
     res = _result(best_point, converged, history, target, stat, tol, window, prompts, pids, rnd, t0)
     res.positions = positions
     res.identity = calibration_identity(model, vector, prompts, stat=stat, target=target, tol=tol, window=window,
-                                        positions=positions, c_min=c_min, c_max=c_max)
+                                        positions=positions, c_min=c_min, c_max=c_max,
+                                        sampling=None if sampling.greedy else sampling.to_dict())
     warn_reflection(vector, res.c_star)  # an ablation dose > 1 reflects the component: say so, once
     return res
 

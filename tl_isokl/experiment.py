@@ -71,7 +71,16 @@ class ExperimentSettings:
     skip_preflight: bool = False
     chat_template: str = "auto"
     revision: str | None = None
+    temperature: float = 0.0
+    top_p: float = 1.0
+    samples_per_prompt: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def sampling(self):
+        """How rollouts pick tokens: greedy (temperature 0, the default) or seeded sampling (seed = --seed)."""
+        from tl_isokl.rollout import Sampling
+
+        return Sampling(self.temperature, self.top_p, self.seed)
 
     def probe(self):
         """The ProbeSpec these settings ask for (a preset or file, then the per-field flags)."""
@@ -166,7 +175,7 @@ def calibrate_verbose(model, vec, ids, prompts, s: ExperimentSettings, *, echo: 
          f"target {s.stat} = {s.target} nats")
     res = calibrate(model, vec, prompts, prompt_ids=ids, window=s.window, target=s.target, stat=s.stat,
                     tol=s.tol, batch_size=s.batch_size, c_min=s.c_min, c_max=s.c_max, on_round=on_round,
-                    progress=progress, positions=s.positions)
+                    progress=progress, positions=s.positions, sampling=s.sampling())
     sp = res.spread()
     echo(f"c* = {res.c_star:.6g}  ({s.stat} = {res.achieved:.4g}, converged={res.converged}, "
          f"{res.rounds} rounds, {res.seconds:.1f} s)")
@@ -205,7 +214,8 @@ def calibration_request(s: ExperimentSettings, spec: str, file_vec) -> dict[str,
             "prompts": file_sha(s.calibration_prompts),
             "vector": file_vec.sha256 if file_vec else {"method": s.method, "layer": s.layer, "concept": s.concept},
             "gate": s.gate, "tau": s.tau, **({"chat_template": s.chat_template} if s.chat_template != "auto" else {}),
-            **({"revision": s.revision} if s.revision else {})}
+            **({"revision": s.revision} if s.revision else {}),
+            **({"sampling": s.sampling().to_dict()} if s.temperature > 0 else {})}
 
 
 def run_calibration_experiment(s: ExperimentSettings, *, echo: Echo = _quiet, on_round: Callable | None = None,
@@ -237,7 +247,8 @@ def run_calibration_experiment(s: ExperimentSettings, *, echo: Echo = _quiet, on
     ids, prompts, framing = prompt_set(model, s.calibration_prompts, "calibration", s.chat_template)
     pre = run_preflight(model, prompts, probe, s, echo)
     wanted = calibration_identity(model, vec, prompts, stat=s.stat, target=s.target, tol=s.tol, window=s.window,
-                                  positions=s.positions, c_min=s.c_min, c_max=s.c_max)
+                                  positions=s.positions, c_min=s.c_min, c_max=s.c_max,
+                                  sampling=s.sampling().to_dict() if s.temperature > 0 else None)
     check_recalibration(state, wanted)
     removed = start_fresh(state)
     if removed:
@@ -299,6 +310,8 @@ def _non_default(s: ExperimentSettings) -> dict[str, Any]:
     from tl_isokl.probe import ProbeSpec
 
     out: dict[str, Any] = {"revision": s.revision} if s.revision else {}
+    if s.temperature > 0:
+        out["sampling"] = {**s.sampling().to_dict(), "samples_per_prompt": s.samples_per_prompt}
     probe = s.probe()
     if probe != ProbeSpec():
         out["probe"] = probe.to_dict()
@@ -357,7 +370,8 @@ def run_sweep_experiment(s: ExperimentSettings, *, echo: Echo = _quiet, warn: Ec
     ids, prompts, hframing = prompt_set(model, s.heldout_prompts, "heldout", s.chat_template)
     pre = run_preflight(model, prompts, probe, s, echo)  # before minutes of calibration, not after
     wanted = calibration_identity(model, vec, cprompts, stat=s.stat, target=s.target, tol=s.tol, window=s.window,
-                                  positions=s.positions, c_min=s.c_min, c_max=s.c_max)
+                                  positions=s.positions, c_min=s.c_min, c_max=s.c_max,
+                                  sampling=s.sampling().to_dict() if s.temperature > 0 else None)
     cal = choose_calibration(state, wanted, explicit=ext_cal, explicit_source=str(s.calibration_path),
                              allow_unconverged=s.allow_unconverged,
                              explicit_fix=_explicit_fix(s) if ext_cal else "")
@@ -377,7 +391,7 @@ def run_sweep_experiment(s: ExperimentSettings, *, echo: Echo = _quiet, warn: Ec
         before_cells()
     run = sweep(model, vec, cal, prompts, out, prompt_ids=ids, alphas=alphas, window=s.window,
                 threshold=s.threshold, spec=probe, schedule=s.schedule, positions=s.positions,
-                batch_size=s.batch_size,
+                batch_size=s.batch_size, sampling=s.sampling(), samples_per_prompt=s.samples_per_prompt,
                 seed=s.seed, progress=progress, allow_unconverged=s.allow_unconverged,
                 allow_other_model=s.allow_other_model,
                 manifest_extra={"calibration_source": str(Path(s.calibration_path).resolve()) if s.calibration_path

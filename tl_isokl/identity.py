@@ -35,7 +35,9 @@ from tl_isokl.files import sha256_json
 
 MODEL_FIELDS = ("model", "revision", "dtype")
 VECTOR_FIELDS = ("method", "layer", "gate", "tau", "concept", "vector_sha256")
-SETTING_FIELDS = ("stat", "target", "tol", "window", "prompts_sha256", "c_min", "c_max")
+SETTING_FIELDS = ("stat", "target", "tol", "window", "prompts_sha256", "c_min", "c_max", "sampling")
+# fields recorded only when not at their default (None): an identity without them means the default
+OPTIONAL_FIELDS = ("sampling", "calibration_sampling")
 CAL_FIELDS = (*MODEL_FIELDS, *VECTOR_FIELDS, "positions", *SETTING_FIELDS)
 # what makes a calibration *valid for* a model + vector; enough for a calibration the user passes explicitly
 APPLIES = (*MODEL_FIELDS, *VECTOR_FIELDS, "positions")
@@ -74,11 +76,16 @@ def vector_identity(vector) -> dict[str, Any]:
 
 
 def calibration_identity(model, vector, prompts: Sequence[str], *, stat: str, target: float, tol: float,
-                         window: int, positions: str, c_min: float, c_max: float) -> dict[str, Any]:
-    """Everything that defines a calibration (written to calibration.json as "identity")."""
-    return {**model_identity(model), **vector_identity(vector), "positions": positions, "stat": str(stat),
-            "target": float(target), "tol": float(tol), "window": int(window),
-            "prompts_sha256": sha256_json(list(prompts)), "c_min": float(c_min), "c_max": float(c_max)}
+                         window: int, positions: str, c_min: float, c_max: float,
+                         sampling: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Everything that defines a calibration (written to calibration.json as "identity"). `sampling` only for
+    sampled rollouts: greedy calibrations keep the identity they had before sampling existed."""
+    ident = {**model_identity(model), **vector_identity(vector), "positions": positions, "stat": str(stat),
+             "target": float(target), "tol": float(tol), "window": int(window),
+             "prompts_sha256": sha256_json(list(prompts)), "c_min": float(c_min), "c_max": float(c_max)}
+    if sampling:
+        ident["sampling"] = dict(sampling)
+    return ident
 
 
 def run_identity(config: Mapping[str, Any], calibration: Mapping[str, Any]) -> dict[str, Any]:
@@ -113,7 +120,7 @@ def differences(found: Mapping[str, Any], wanted: Mapping[str, Any], fields: Ite
     """[(field, found value, wanted value)] for each field whose values differ (a missing field differs)."""
     out = []
     for k in (fields if fields is not None else wanted.keys()):
-        a, b = found.get(k, "<missing>"), wanted.get(k)
+        a, b = found.get(k, None if k in OPTIONAL_FIELDS else "<missing>"), wanted.get(k)
         if isinstance(a, float) and isinstance(b, float) and math.isclose(a, b, rel_tol=1e-12, abs_tol=0.0):
             continue
         if a != b:

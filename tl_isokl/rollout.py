@@ -9,6 +9,9 @@ position ids, so a row's rollout in a batch is token-identical to its rollout al
 
 from __future__ import annotations
 
+import hashlib
+import math
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -40,6 +43,53 @@ def _cache_select(cache, keep: torch.Tensor):
     raise IsoKLError("this transformers version's cache cannot drop rows; upgrade transformers to >=5.9")
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """How the next token is chosen. temperature 0 (the default) is greedy argmax; above 0, a token is sampled
+    from softmax(logits / temperature) restricted to the smallest set of tokens with probability >= top_p.
+
+    Every row draws from its own generator seeded by (seed, the row's prompt id), so a row's sample is the same
+    alone or in any batch, at any position, and a rerun reproduces it. Rows with the same prompt id and dose
+    (e.g. one prompt at several alphas) share their seed: the doses differ, not the dice.
+    """
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self):
+        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
+            raise IsoKLError(f"temperature {self.temperature} must be a finite number >= 0 (0 = greedy)")
+        if not 0 < self.top_p <= 1:
+            raise IsoKLError(f"top_p {self.top_p} must be in (0, 1]")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def to_dict(self) -> dict:
+        return {"temperature": float(self.temperature), "top_p": float(self.top_p), "seed": int(self.seed)}
+
+    def generator(self, prompt_id: str) -> torch.Generator:
+        h = hashlib.sha256(f"{self.seed}:{prompt_id}".encode()).digest()
+        return torch.Generator().manual_seed(int.from_bytes(h[:8], "little") & ((1 << 63) - 1))
+
+    def choose(self, logits: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        """Next token per row of [rows, vocab] logits (float32 math; argmax when greedy)."""
+        if self.greedy:
+            return logits.float().argmax(-1)
+        probs = torch.softmax(logits.float().cpu() / self.temperature, -1)
+        if self.top_p < 1:
+            p_sorted, idx = probs.sort(-1, descending=True)
+            keep = (p_sorted.cumsum(-1) - p_sorted) < self.top_p  # the top token is always kept
+            probs = torch.zeros_like(probs).scatter(-1, idx, p_sorted * keep)
+        out = [torch.multinomial(probs[j], 1, generator=g) for j, g in enumerate(generators)]
+        return torch.cat(out).to(logits.device)
+
+
+GREEDY = Sampling()
+
+
 @torch.no_grad()
 def rollout(
     model,
@@ -52,8 +102,10 @@ def rollout(
     batch_size: int = 32,
     positions: str = "all",
     progress: Callable[[int], None] | None = None,
+    sampling: Sampling = GREEDY,
 ) -> list[Rollout]:
-    """Greedy rollouts of each (prompt, coeff) row for up to `window` generated tokens.
+    """Greedy (or, with `sampling`, seeded sampled) rollouts of each (prompt, coeff) row for up to `window`
+    generated tokens.
 
     Args:
         prompts, coeffs: one entry per row (build the prompt x dose product yourself, or use `grid`).
@@ -75,7 +127,9 @@ def rollout(
     order = sorted(range(len(prompts)), key=lambda i: len(ids_list[i]))
     for b0 in range(0, len(order), batch_size):
         rows = order[b0: b0 + batch_size]
-        gen = _decode_batch(model, vector, [ids_list[i] for i in rows], coeffs[rows], window, positions)
+        gens = None if sampling.greedy else [sampling.generator(pids[i]) for i in rows]
+        gen = _decode_batch(model, vector, [ids_list[i] for i in rows], coeffs[rows], window, positions, sampling,
+                            gens)
         for i, (toks, hit) in zip(rows, gen):
             out[i] = Rollout(prompt_id=pids[i], prompt=prompts[i], coeff=float(coeffs[i]), prompt_tokens=ids_list[i],
                              tokens=toks, eos=hit, window=int(window), text=decode(model, toks))
@@ -85,7 +139,8 @@ def rollout(
 
 
 def _decode_batch(model, vector, seqs: list[list[int]], coeffs: torch.Tensor, window: int,
-                  positions: str) -> list[tuple[list[int], bool]]:
+                  positions: str, sampling: Sampling = GREEDY, generators: list | None = None
+                  ) -> list[tuple[list[int], bool]]:
     from transformers import DynamicCache
 
     dev = model.cfg.device
@@ -110,7 +165,7 @@ def _decode_batch(model, vector, seqs: list[list[int]], coeffs: torch.Tensor, wi
         cache = out.past_key_values
         logits = out.logits[:, -1]
         for step in range(window):
-            nxt = logits.float().argmax(-1)
+            nxt = sampling.choose(logits, [generators[r] for r in alive.tolist()] if generators else [])
             done = torch.isin(nxt, stops) if len(stops) else torch.zeros_like(nxt, dtype=torch.bool)
             for j, (r, t) in enumerate(zip(alive.tolist(), nxt.tolist())):
                 generated[r].append(t)

@@ -22,7 +22,7 @@ from tl_isokl.model import model_info
 from tl_isokl.calibrate import CalibrationResult
 from tl_isokl.probe import AnswerProbe, Probe, ProbeSpec
 from tl_isokl.records import Trajectory, fate
-from tl_isokl.rollout import grid, rollout
+from tl_isokl.rollout import GREEDY, Sampling, grid, rollout
 from tl_isokl.identity import check_run, check_sweep_inputs, clear_run, run_identity
 from tl_isokl.statistics import pool, summarize
 from tl_isokl.rundir import Manifest, Run, RunDir, alpha_key
@@ -71,14 +71,19 @@ class SweepConfig:
     positions: str
     prompts: list[str]
     prompt_ids: list[str]
+    sampling: Sampling = GREEDY
 
     def identity(self, model, vector: SteeringVector) -> dict[str, Any]:
         info = model_info(model)
         probe = self.probe.to_dict()
-        return {"model": info.get("name"), "revision": info.get("revision"), "dtype": info.get("dtype"),
-                "vector_sha256": vector.sha256, "c_star": self.c_star, "window": self.window,
-                "threshold": self.threshold, "probe": probe, "schedule": probe.get("schedule"),
-                "positions": self.positions, "prompts_sha256": sha256_json(self.prompts)}
+        ident = {"model": info.get("name"), "revision": info.get("revision"), "dtype": info.get("dtype"),
+                 "vector_sha256": vector.sha256, "c_star": self.c_star, "window": self.window,
+                 "threshold": self.threshold, "probe": probe, "schedule": probe.get("schedule"),
+                 "positions": self.positions, "prompts_sha256": sha256_json(self.prompts)}
+        if not self.sampling.greedy:  # greedy runs keep the identity they had before sampling existed
+            ident["sampling"] = self.sampling.to_dict()
+            ident["prompt_ids_sha256"] = sha256_json(self.prompt_ids)  # samples per prompt change the rows
+        return ident
 
 
 def sweep(
@@ -95,6 +100,8 @@ def sweep(
     spec: ProbeSpec = ProbeSpec(),
     schedule: str | int = "log2",
     probe: Probe | None = None,
+    sampling: Sampling = GREEDY,
+    samples_per_prompt: int = 1,
     positions: str = "all",
     batch_size: int = 32,
     probe_batch_size: int = 8,
@@ -113,6 +120,8 @@ def sweep(
         prompts: held-out prompts, disjoint from the calibration prompts.
         probe: what is asked at each fork (`tl_isokl.probe.Probe`); default `AnswerProbe(spec, schedule)`, the
             JSON true/false probe at log2 forks.
+        sampling, samples_per_prompt: seeded sampled rollouts instead of greedy ones (`rollout.Sampling`), and
+            how many per held-out prompt (rows "<id>#<k>"; each is one subject of the survival analysis).
         progress: called as progress(stage, done, total) with stage in {"rollout", "kl", "probe"}.
         allow_unconverged: use a calibration with converged=False (refused otherwise; the manifest records it).
         allow_other_model: apply a vector whose metadata names another model (refused otherwise).
@@ -135,9 +144,15 @@ def sweep(
     allowed = check_sweep_inputs(model, vector, calibration, positions=positions,
                                  allow_unconverged=allow_unconverged, allow_other_model=allow_other_model)
     pids = list(prompt_ids) if prompt_ids is not None else [f"p{i:03d}" for i in range(len(prompts))]
+    if int(samples_per_prompt) < 1 or (samples_per_prompt > 1 and sampling.greedy):
+        raise IsoKLError(f"samples_per_prompt={samples_per_prompt}: use 1, or several with a temperature > 0 "
+                         f"(greedy rollouts of one prompt are all the same)")
+    if samples_per_prompt > 1:
+        prompts = [p for p in prompts for _ in range(samples_per_prompt)]
+        pids = [f"{i}#{k}" for i in pids for k in range(samples_per_prompt)]
     probe = probe if probe is not None else AnswerProbe(spec, schedule)
     cfg = SweepConfig(c_star=cal.c_star, window=int(window), threshold=float(threshold), probe=probe,
-                      positions=positions, prompts=prompts, prompt_ids=pids)
+                      positions=positions, prompts=prompts, prompt_ids=pids, sampling=sampling)
     ident = run_identity(cfg.identity(model, vector), calibration)
     rd = RunDir(out)
     if fresh:
@@ -150,7 +165,8 @@ def sweep(
         "sweep", model, vector, ident["prompts_sha256"], len(prompts), window=window, seed=seed, positions=positions,
         history={"alphas": list(todo)}, threshold=float(threshold), alphas=list(alphas), c_star=cfg.c_star,
         target=cal.target, stat=cal.stat, probe=ident["probe"], schedule=ident["schedule"],
-        config_sha256=sha256_json(ident), identity=ident, **allowed,
+        config_sha256=sha256_json(ident), identity=ident, **allowed, sampling=sampling.to_dict(),
+        samples_per_prompt=int(samples_per_prompt),
         prompts=[{"id": i, "prompt": p} for i, p in zip(pids, prompts)], **(manifest_extra or {}),
     )
     rd.record(manifest)  # resuming appends to the history, never replaces it
@@ -182,7 +198,7 @@ def run_cell(model, vector: SteeringVector, alpha: float, cfg: SweepConfig, *, b
         return f
 
     rolls = rollout(model, vector, P, C, prompt_ids=I, window=cfg.window, batch_size=batch_size,
-                    positions=cfg.positions, progress=tick("rollout"))
+                    positions=cfg.positions, progress=tick("rollout"), sampling=cfg.sampling)
     kls = per_token_kl(model, vector, rolls, batch_size=batch_size, positions=cfg.positions, progress=tick("kl"))
     forks = cfg.probe.measure(model, vector, rolls, batch_size=probe_batch_size, positions=cfg.positions,
                               progress=tick("probe"))
