@@ -130,7 +130,8 @@ def run_tl_isokl(model, vector, cal_prompts, heldout, alphas, window, mark=None)
 def raw_hf_throughput(model, window: int, rows: int = 128, tf_rows: int = 32) -> dict:
     """Best one-thread throughput of the raw HF model (no bridge, sdpa): greedy decode of `rows` rows for `window`
     steps (HF DynamicCache and the copy-free cache of prealloc_cache.py; the better one), and teacher-forced
-    tokens/s over `tf_rows` sequences of prompt + window tokens (logits of the last position only)."""
+    tokens/s over `tf_rows` sequences of prompt + window tokens (logits of the last position only). CPU time of this
+    process (one thread), like the stage columns, so a busy box does not inflate the floor."""
     import torch
     from transformers import AutoModelForCausalLM, DynamicCache
 
@@ -149,7 +150,7 @@ def raw_hf_throughput(model, window: int, rows: int = 128, tf_rows: int = 32) ->
     with torch.no_grad():
         for make in (DynamicCache, growing_cache):
             m = mask.clone()
-            t = time.perf_counter()
+            t = time.process_time()
             out = hf(input_ids=ids, attention_mask=m, position_ids=position_ids(m), past_key_values=make(),
                      use_cache=True)
             cache, nxt = out.past_key_values, out.logits[:, -1].argmax(-1)
@@ -158,13 +159,13 @@ def raw_hf_throughput(model, window: int, rows: int = 128, tf_rows: int = 32) ->
                 out = hf(input_ids=nxt[:, None], attention_mask=m, position_ids=m.sum(1, keepdim=True) - 1,
                          past_key_values=cache, use_cache=True)
                 cache, nxt = out.past_key_values, out.logits[:, -1].argmax(-1)
-            best = max(best, rows * window / (time.perf_counter() - t))
+            best = max(best, rows * window / (time.process_time() - t))
         seqs = [s + [5 + (7 * j) % 900 for j in range(window)] for s in seqs[:tf_rows]]
         ids, mask = pad_batch(seqs, pad_id(model), side="left")
         hf(input_ids=ids[:2], attention_mask=mask[:2], position_ids=position_ids(mask[:2]), logits_to_keep=1)
-        t = time.perf_counter()
+        t = time.process_time()
         hf(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), logits_to_keep=1)
-        tf = int(mask.sum()) / (time.perf_counter() - t)
+        tf = int(mask.sum()) / (time.process_time() - t)
     return {"decode_tok_s": best, "tf_tok_s": tf, "rows": rows, "window": window}
 
 
@@ -288,18 +289,19 @@ def report(base: dict, lib: dict, cmp: dict, cfg: dict) -> str:
              f"load avg {os.getloadavg()[0]:.2f} at the end (other processes share the box: compare wall with CPU)")
     fl = lib.get("floor")
     L.append(f"{'stage':<12} {'baseline s':>11} {'tl-isokl s':>11} {'ratio':>7} {'(CPU s: base':>13} "
-             f"{'tl-isokl':>9} {'ratio)':>7}" + (f" {'CPU floor s':>12} {'tl-isokl/floor':>15}" if fl else ""))
+             f"{'tl-isokl':>9} {'ratio)':>7}" + (f" {'CPU floor s':>12} {'tl-isokl CPU/floor':>19}" if fl else ""))
     for s in STAGES + ("total",):
         b, t = base["times"][s], lib["times"][s]
         bc, tc = base["cpu_times"][s], lib["cpu_times"][s]
         L.append(f"{s:<12} {b:>11.2f} {t:>11.2f} {b / t if t else float('nan'):>6.1f}x {bc:>13.2f} {tc:>9.2f} "
-                 f"{bc / tc if tc else float('nan'):>6.1f}x" + (f" {fl[s]:>12.2f} {t / fl[s]:>14.1f}x" if fl else ""))
+                 f"{bc / tc if tc else float('nan'):>6.1f}x" + (f" {fl[s]:>12.2f} {tc / fl[s]:>14.1f}x" if fl else ""))
     if fl:
         th = fl["throughput"]
         L.append(f"CPU floor: raw HF model (sdpa, no bridge), 1 thread: decode {th['decode_tok_s']:,.0f} tok/s "
                  f"(batch {th['rows']}), teacher-forced {th['tf_tok_s']:,.0f} tok/s; unavoidable work = the sweep's "
                  f"rollouts, {fl['doses']} calibration doses, one base pass per steered rollout (KL), each fork's "
-                 f"shared prefill ({fl['forks']} forks); baseline / floor {base['times']['total'] / fl['total']:.1f}x")
+                 f"shared prefill ({fl['forks']} forks); CPU time / floor: baseline {base['cpu_times']['total'] / fl['total']:.1f}x"
+                 f", tl-isokl {lib['cpu_times']['total'] / fl['total']:.1f}x")
     L.append(f"calibration doses: baseline {base['doses']} (bisection, one per step); tl-isokl {lib['doses']} "
              f"in {lib['rounds']} batched rounds")
     for side, r in (("baseline", base), ("tl-isokl", lib)):
