@@ -102,3 +102,23 @@ def test_bad_probe_file_is_one_line(bed, tmp_path):
     one_line_error(invoke("calibrate", "--model", model, "--probe", bad), 1, "p.toml", "not valid TOML")
     bad.write_text('prefill = "x"\nanswers = ["a"]\n')
     one_line_error(invoke("calibrate", "--model", model, "--probe", bad), 1, "unknown field(s) answers")
+
+
+def test_an_external_npy_vector_on_the_tiny_model(bed, tmp_path):
+    """The whole bring-your-own path at once: own model, own prompt files, own probe, a plain .npy direction."""
+    import numpy as np
+
+    root, model = bed
+    v = np.random.default_rng(0).standard_normal(64).astype(np.float32)
+    np.save(tmp_path / "v.npy", v)
+    out = tmp_path / "npy"
+    r = invoke("sweep", *common(root, model, out), "--prompts", root / "held.txt", "--alphas", "0,1", *FIXED,
+               "--vector", tmp_path / "v.npy", "--layer", "1", "--no-figures")
+    assert r.exit_code == 0, r.output
+    from tl_isokl.vector import SteeringVector
+
+    saved = SteeringVector.load(out / "vector.safetensors")
+    assert saved.layer == 1 and saved.meta["format"] == "numpy" and saved.meta["source"].endswith("v.npy")
+    np.testing.assert_allclose(saved.direction.numpy(), v, rtol=0, atol=0)
+    cal = json.loads((out / "calibration.json").read_text())
+    assert cal["converged"] is True and abs(cal["achieved"] - 1.0) <= 0.05
