@@ -10,3 +10,29 @@ def one_line_error(r, code, *needles):
     assert len(err) == 1, r.output
     for n in needles:
         assert n in err[0], err[0]
+
+
+def invoke(*args):
+    """Run the CLI as `tl-isokl ARGS` (sys.argv too: manifests record the command line from it)."""
+    from unittest import mock
+
+    from click.testing import CliRunner
+
+    from tl_isokl_cli.main import cli
+
+    argv = [str(a) for a in args]
+    with mock.patch("sys.argv", ["tl-isokl", *argv]):
+        return CliRunner().invoke(cli, argv)
+
+
+# every place a command loads a model from
+LOADERS = ("tl_isokl.experiment", "tl_isokl_cli.cmd_cosine", "tl_isokl_cli.cmd_extract")
+
+
+def patch_loaders(mp, fn):
+    """Make every command's model load call `fn` (a monkeypatch context `mp` undoes it)."""
+    import importlib
+
+    for mod in LOADERS:
+        mp.setattr(importlib.import_module(mod), "load", fn)
+    mp.setattr("tl_isokl.model.load_recorded_model", lambda *a, **k: fn(None, None, None))

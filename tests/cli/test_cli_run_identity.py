@@ -13,49 +13,15 @@ import re
 import shutil
 
 import pytest
-from click.testing import CliRunner
 
-from helpers_cli import one_line_error
-from tl_isokl_cli.main import cli
+from helpers_cli import invoke, one_line_error, patch_loaders
 
 BASE = ["--window", "8", "--alphas", "0,1", "--no-figures"]
-LOADERS = ("tl_isokl.experiment", "tl_isokl_cli.cmd_cosine",
-           "tl_isokl_cli.cmd_extract")
-
-
-def invoke(*args):
-    """Run the CLI as `tl-isokl ARGS` (sys.argv too: manifests record the command line from it)."""
-    from unittest import mock
-
-    argv = [str(a) for a in args]
-    with mock.patch("sys.argv", ["tl-isokl", *argv]):
-        return CliRunner().invoke(cli, argv)
 
 
 def snapshot(folder):
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def patch_loaders(mp, fn):
-    import importlib
-
-    for mod in LOADERS:
-        mp.setattr(importlib.import_module(mod), "load", fn)
-    mp.setattr("tl_isokl.model.load_recorded_model", lambda *a, **k: fn(None, None, None))
-
-
-@pytest.fixture
-def reuse_model(model, monkeypatch):
-    patch_loaders(monkeypatch, lambda *a, **k: model)
-    return model
-
-
-@pytest.fixture
-def no_model(monkeypatch):
-    def boom(*a, **k):
-        raise AssertionError("the model was loaded, but this error must come before it")
-    patch_loaders(monkeypatch, boom)
 
 
 @pytest.fixture(scope="module")

@@ -10,45 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from safetensors.torch import save_file
 
 import tl_isokl as ik
-from helpers_cli import one_line_error
+from helpers_cli import invoke, one_line_error
 from helpers_vectors import sae_folder, write_gguf
 from tl_isokl.errors import IsoKLError
 from tl_isokl.vector import SteeringVector
-from tl_isokl_cli.main import cli
 
-LOADERS = ("tl_isokl.experiment", "tl_isokl_cli.cmd_cosine")
-
-
-def invoke(*args):
-    from unittest import mock
-
-    argv = [str(a) for a in args]
-    with mock.patch("sys.argv", ["tl-isokl", *argv]):
-        return CliRunner().invoke(cli, argv)
-
-
-def patch_loaders(mp, fn):
-    import importlib
-
-    for mod in LOADERS:
-        mp.setattr(importlib.import_module(mod), "load", fn)
-
-
-@pytest.fixture
-def reuse_model(model, monkeypatch):
-    patch_loaders(monkeypatch, lambda *a, **k: model)
-    return model
-
-
-@pytest.fixture
-def no_model(monkeypatch):
-    def boom(*a, **k):
-        raise AssertionError("the model was loaded, but this error must come before it")
-    patch_loaders(monkeypatch, boom)
 
 
 @pytest.fixture(scope="module")
