@@ -1,7 +1,9 @@
 """tl-isokl: give every activation-steering method the same per-token KL budget, then measure what it buys.
 
-Data flow, in the order of this list: load a model -> extract a vector -> steer -> roll out -> per-token KL ->
-calibrate c* -> fork probe -> sweep alpha into a run directory -> survival / figures / inspection.
+Data flow, in the order of this list: load a model -> extract a direction (methods: extractor + operator) -> steer
+-> roll out -> teacher-forced forward (per-token KL, fork probe) -> calibrate c* -> sweep alpha into a run
+directory -> survival / statistics -> figures / report / inspection. `tl_isokl.experiment` runs calibrate and sweep
+from settings, as the CLI does.
 
     >>> import tl_isokl as ik
     >>> model = ik.load_model()                                   # embedded test bed, offline
@@ -21,13 +23,16 @@ from tl_isokl.records import Rollout
 from tl_isokl.rollout import rollout
 from tl_isokl.kl import per_token_kl
 from tl_isokl.calibrate import CalibrationResult, calibrate
-from tl_isokl.probe import ProbeSpec, probe
+from tl_isokl.probe import AnswerProbe, Probe, ProbeSpec, probe
+from tl_isokl.probe_presets import probe_spec
+from tl_isokl.rollout import Sampling
 from tl_isokl.sweep import sweep
 from tl_isokl.rundir import load_run
 from tl_isokl.prompt_sets import default_concepts, default_prompts
 
 __all__ = [
     "load_model", "SteeringVector", "Gate", "read_vector", "VectorSource", "extract", "steer", "Steering",
-    "rollout", "Rollout", "per_token_kl", "calibrate", "CalibrationResult", "ProbeSpec", "probe", "sweep",
+    "rollout", "Rollout", "Sampling", "per_token_kl", "calibrate", "CalibrationResult", "ProbeSpec", "Probe",
+    "AnswerProbe", "probe_spec", "probe", "sweep",
     "load_run", "default_prompts", "default_concepts", "IsoKLError", "CalibrationError", "IsoKLWarning",
 ]
