@@ -206,7 +206,8 @@ def run_cell(model, vector: SteeringVector, alpha: float, cfg: SweepConfig, *, b
 
 
 def summary_rows(run: Run) -> list[dict[str, Any]]:
-    """Per alpha: n, died, censored (EOS / window), KL p50/p95/max, KM median death token."""
+    """Per alpha: n, died, censored (at their last probed fork; censored_eos: of those, ended at EOS), KL
+    p50/p95/max, KM median death token and the fork after which the median deaths were last seen alive."""
     from tl_isokl.survival import kaplan_meier
 
     rows = []

@@ -59,7 +59,7 @@ def survival_plot(curves: Mapping[float, SurvivalCurve] | Sequence[SurvivalCurve
     level = cs[0].confidence_level if cs else 0.95
     method = cs[0].ci_method if cs else "log-log"
     extra = [Patch(color="0.5", alpha=0.3, lw=0, label=f"{level:.0%} CI ({method})"),
-             Line2D([], [], color="0.3", marker="|", ls="none", ms=9, mew=1.4, label="censored (EOS / window)")]
+             Line2D([], [], color="0.3", marker="|", ls="none", ms=9, mew=1.4, label="censored (last probed fork)")]
     if window is not None:
         ax.axvline(window, color="0.4", ls=":", lw=1.0, zorder=0)
         extra.append(Line2D([], [], color="0.4", ls=":", lw=1.0, label=f"window ({window})"))
