@@ -41,6 +41,9 @@ from tl_isokl_cli.main import friendly_errors
               help="Run directory (default runs/sweep-<model>-<method>-L<layer>-w<window>-<hash of every setting>); "
                    "rerun the same command to resume.")
 @fresh_option
+@click.option("--two-sided", is_flag=True,
+              help="Also calibrate -v; negative alphas are then doses of its own c* (a direction and its opposite "
+                   "need not cost the same KL).")
 @click.option("--allow-unconverged", is_flag=True,
               help="Use a calibration with converged=false (the manifest and report say so).")
 @allow_other_model_option
@@ -51,7 +54,7 @@ from tl_isokl_cli.main import friendly_errors
 def command(model_name, dtype, device, revision, vector_path, method, layer, concept, gate, tau,
             positions, calibration_path,
             window, alphas, threshold, schedule, prompts_path, cal_prompts_path, target, stat, tol, c_min, c_max,
-            batch_size, seed, out, fresh, allow_unconverged, allow_other_model, probe_preset, probe_file,
+            batch_size, seed, out, fresh, two_sided, allow_unconverged, allow_other_model, probe_preset, probe_file,
             probe_prefill, probe_true, probe_false, probe_think_close, skip_preflight, chat_template, temperature,
             top_p, samples_per_prompt, no_figures):
     """Calibrate (unless --calibration is given), sweep alpha on held-out prompts, write the run directory.
@@ -91,7 +94,7 @@ def command(model_name, dtype, device, revision, vector_path, method, layer, con
         probe_file=probe_file, probe_prefill=unescape(probe_prefill), probe_true=tuple(map(unescape, probe_true)),
         probe_false=tuple(map(unescape, probe_false)), probe_think_close=unescape(probe_think_close),
         skip_preflight=skip_preflight, chat_template=chat_template, temperature=temperature, top_p=top_p,
-        samples_per_prompt=samples_per_prompt)
+        samples_per_prompt=samples_per_prompt, two_sided=two_sided)
     prog, cal_prog = Progress(), Progress()
     done = [0]
 

@@ -74,6 +74,7 @@ class ExperimentSettings:
     temperature: float = 0.0
     top_p: float = 1.0
     samples_per_prompt: int = 1
+    two_sided: bool = False  # calibrate -v too; negative alphas are doses of its own c*
     extra: dict[str, Any] = field(default_factory=dict)
 
     def sampling(self):
@@ -312,6 +313,8 @@ def _non_default(s: ExperimentSettings) -> dict[str, Any]:
     out: dict[str, Any] = {"revision": s.revision} if s.revision else {}
     if s.temperature > 0:
         out["sampling"] = {**s.sampling().to_dict(), "samples_per_prompt": s.samples_per_prompt}
+    if s.two_sided:
+        out["two_sided"] = True
     probe = s.probe()
     if probe != ProbeSpec():
         out["probe"] = probe.to_dict()
@@ -333,8 +336,9 @@ def run_sweep_experiment(s: ExperimentSettings, *, echo: Echo = _quiet, warn: Ec
                          progress: Callable | None = None, before_cells: Callable[[], None] | None = None):
     """`tl-isokl sweep`: calibrate unless a calibration is given or found, sweep alpha, write tables, figures and
     the report; returns the loaded `Run`. Rerunning with the same settings resumes."""
-    from tl_isokl.identity import calibration_identity, check_converged, heldout_transfer, transfer_message
-    from tl_isokl.files import atomic_write_json
+    from tl_isokl.files import atomic_write_json, read_json
+    from tl_isokl.identity import (FIX_RUN, calibration_identity, check_calibration, check_converged,
+                                   heldout_transfer, transfer_message)
     from tl_isokl.prompts import read_prompts
     from tl_isokl.runpolicy import (choose_calibration, default_run_path, model_spec, open_run, resolve_vector,
                                     start_fresh)
@@ -354,6 +358,9 @@ def run_sweep_experiment(s: ExperimentSettings, *, echo: Echo = _quiet, warn: Ec
                              f"{s.calibration_prompts}; held-out prompts must be disjoint from the calibration "
                              f"prompts")
     ext_cal = None
+    if s.two_sided and s.calibration_path is not None:
+        raise SettingsError("--two-sided calibrates -v in the run directory; it does not combine with --calibration "
+                            "(drop one of them)")
     if s.calibration_path is not None:
         ext_cal = read_explicit_calibration(s.calibration_path, heldout=heldout_file,
                                             allow_unconverged=s.allow_unconverged, heldout_path=s.heldout_prompts)
@@ -369,6 +376,7 @@ def run_sweep_experiment(s: ExperimentSettings, *, echo: Echo = _quiet, warn: Ec
     cids, cprompts, cframing = prompt_set(model, s.calibration_prompts, "calibration", s.chat_template)
     ids, prompts, hframing = prompt_set(model, s.heldout_prompts, "heldout", s.chat_template)
     pre = run_preflight(model, prompts, probe, s, echo)  # before minutes of calibration, not after
+    sampling_id = s.sampling().to_dict() if s.temperature > 0 else None
     wanted = calibration_identity(model, vec, cprompts, stat=s.stat, target=s.target, tol=s.tol, window=s.window,
                                   positions=s.positions, c_min=s.c_min, c_max=s.c_max,
                                   sampling=s.sampling().to_dict() if s.temperature > 0 else None)
@@ -386,12 +394,29 @@ def run_sweep_experiment(s: ExperimentSettings, *, echo: Echo = _quiet, warn: Ec
             vec.save(rd.vector_path)  # keep the work: a rerun with --allow-unconverged uses it
             atomic_write_json(rd.calibration_path, cal)
             check_converged(cal, allow=False, source=f"the calibration (kept in {rd.calibration_path})")
+    cal_neg = None
+    if s.two_sided:  # -v need not cost the same KL as +v: its own c*, same settings, same checks
+        neg = -vec
+        wanted_neg = calibration_identity(model, neg, cprompts, stat=s.stat, target=s.target, tol=s.tol,
+                                          window=s.window, positions=s.positions, c_min=s.c_min, c_max=s.c_max,
+                                          sampling=sampling_id)
+        if not s.fresh and rd.calibration_neg_path.is_file():
+            cal_neg = read_json(rd.calibration_neg_path, kind=dict)
+            check_calibration(cal_neg, wanted_neg, source=str(rd.calibration_neg_path), fix=FIX_RUN)
+            check_converged(cal_neg, allow=s.allow_unconverged, source=str(rd.calibration_neg_path))
+            echo(f"resuming: using {rd.calibration_neg_path} (c*(-v) = {cal_neg['c_star']:.6g})")
+        else:
+            echo("two-sided: calibrating -v")
+            cal_neg = calibrate_verbose(model, neg, cids, cprompts, s, echo=echo, on_round=on_round,
+                                        progress=cal_progress)
+            check_converged(cal_neg, allow=s.allow_unconverged, source="the calibration of -v")
     echo(f"sweeping {len(alphas)} alphas x {len(prompts)} held-out prompts, window {s.window} -> {out}")
     if before_cells is not None:
         before_cells()
     run = sweep(model, vec, cal, prompts, out, prompt_ids=ids, alphas=alphas, window=s.window,
                 threshold=s.threshold, spec=probe, schedule=s.schedule, positions=s.positions,
                 batch_size=s.batch_size, sampling=s.sampling(), samples_per_prompt=s.samples_per_prompt,
+                calibration_neg=cal_neg,
                 seed=s.seed, progress=progress, allow_unconverged=s.allow_unconverged,
                 allow_other_model=s.allow_other_model,
                 manifest_extra={"calibration_source": str(Path(s.calibration_path).resolve()) if s.calibration_path

@@ -32,6 +32,7 @@ from tl_isokl.records import Trajectory
 
 MANIFEST = "manifest.json"
 CALIBRATION = "calibration.json"
+CALIBRATION_NEG = "calibration_neg.json"  # two-sided runs: the calibration of -v, for negative alphas
 VECTOR = "vector.safetensors"
 CELLS = "cells"
 FORKS = "forks.csv"
@@ -218,6 +219,10 @@ class RunDir:
         return self.path / CALIBRATION
 
     @property
+    def calibration_neg_path(self) -> Path:
+        return self.path / CALIBRATION_NEG
+
+    @property
     def vector_path(self) -> Path:
         return self.path / VECTOR
 
@@ -260,7 +265,7 @@ class RunDir:
         """(folder, glob patterns) of every file tl-isokl writes into a run directory: what `--fresh` may remove,
         and nothing else."""
         return [
-            (self.path, [MANIFEST, CALIBRATION, VECTOR, FORKS, SUMMARY, REPORT]),
+            (self.path, [MANIFEST, CALIBRATION, CALIBRATION_NEG, VECTOR, FORKS, SUMMARY, REPORT]),
             (self.path / CELLS, ["alpha=*.jsonl"]),
             (self.figures, list(FIGURES.values())),
             (self.inspect_dir, list(INSPECT_FILES)),

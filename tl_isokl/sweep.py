@@ -72,6 +72,12 @@ class SweepConfig:
     prompts: list[str]
     prompt_ids: list[str]
     sampling: Sampling = GREEDY
+    c_star_neg: float | None = None  # the dose of -v, when negative alphas were calibrated on their own
+
+    def coeff(self, alpha: float) -> float:
+        """alpha x c* (alpha x c*_neg for a negative alpha when -v has its own calibration)."""
+        c = self.c_star_neg if (alpha < 0 and self.c_star_neg is not None) else self.c_star
+        return float(alpha) * c
 
     def identity(self, model, vector: SteeringVector) -> dict[str, Any]:
         info = model_info(model)
@@ -80,6 +86,8 @@ class SweepConfig:
                  "vector_sha256": vector.sha256, "c_star": self.c_star, "window": self.window,
                  "threshold": self.threshold, "probe": probe, "schedule": probe.get("schedule"),
                  "positions": self.positions, "prompts_sha256": sha256_json(self.prompts)}
+        if self.c_star_neg is not None:
+            ident["c_star_neg"] = self.c_star_neg
         if not self.sampling.greedy:  # greedy runs keep the identity they had before sampling existed
             ident["sampling"] = self.sampling.to_dict()
             ident["prompt_ids_sha256"] = sha256_json(self.prompt_ids)  # samples per prompt change the rows
@@ -102,6 +110,7 @@ def sweep(
     probe: Probe | None = None,
     sampling: Sampling = GREEDY,
     samples_per_prompt: int = 1,
+    calibration_neg: CalibrationResult | Mapping[str, Any] | None = None,
     positions: str = "all",
     batch_size: int = 32,
     probe_batch_size: int = 8,
@@ -122,6 +131,8 @@ def sweep(
             JSON true/false probe at log2 forks.
         sampling, samples_per_prompt: seeded sampled rollouts instead of greedy ones (`rollout.Sampling`), and
             how many per held-out prompt (rows "<id>#<k>"; each is one subject of the survival analysis).
+        calibration_neg: the calibration of -v (two-sided): negative alphas are then doses of its c*, since a
+            direction and its opposite need not cost the same KL. Without it they use c* of +v.
         progress: called as progress(stage, done, total) with stage in {"rollout", "kl", "probe"}.
         allow_unconverged: use a calibration with converged=False (refused otherwise; the manifest records it).
         allow_other_model: apply a vector whose metadata names another model (refused otherwise).
@@ -151,8 +162,15 @@ def sweep(
         prompts = [p for p in prompts for _ in range(samples_per_prompt)]
         pids = [f"{i}#{k}" for i in pids for k in range(samples_per_prompt)]
     probe = probe if probe is not None else AnswerProbe(spec, schedule)
+    cal_neg = (None if calibration_neg is None else calibration_neg if isinstance(calibration_neg, CalibrationResult)
+               else CalibrationResult.from_dict(calibration_neg))
+    if cal_neg is not None:  # made for -v on this model: the same checks as the calibration of +v
+        check_disjoint(prompts, cal_neg.prompts)
+        check_sweep_inputs(model, -vector, cal_neg.to_dict(), positions=positions, allow_unconverged=allow_unconverged,
+                           allow_other_model=allow_other_model, source="the calibration of -v")
     cfg = SweepConfig(c_star=cal.c_star, window=int(window), threshold=float(threshold), probe=probe,
-                      positions=positions, prompts=prompts, prompt_ids=pids, sampling=sampling)
+                      positions=positions, prompts=prompts, prompt_ids=pids, sampling=sampling,
+                      c_star_neg=None if cal_neg is None else cal_neg.c_star)
     ident = run_identity(cfg.identity(model, vector), calibration)
     rd = RunDir(out)
     if fresh:
@@ -164,6 +182,7 @@ def sweep(
     manifest = Manifest.of(
         "sweep", model, vector, ident["prompts_sha256"], len(prompts), window=window, seed=seed, positions=positions,
         history={"alphas": list(todo)}, threshold=float(threshold), alphas=list(alphas), c_star=cfg.c_star,
+        c_star_neg=cfg.c_star_neg,
         target=cal.target, stat=cal.stat, probe=ident["probe"], schedule=ident["schedule"],
         config_sha256=sha256_json(ident), identity=ident, **allowed, sampling=sampling.to_dict(),
         samples_per_prompt=int(samples_per_prompt),
@@ -171,6 +190,8 @@ def sweep(
     )
     rd.record(manifest)  # resuming appends to the history, never replaces it
     atomic_write_json(rd.calibration_path, calibration)
+    if cal_neg is not None:
+        atomic_write_json(rd.calibration_neg_path, cal_neg.to_dict())
     vector.save(rd.vector_path)  # the identity check above guarantees it is the run's vector
     for a in todo:
         trajs = run_cell(model, vector, a, cfg, batch_size=batch_size, probe_batch_size=probe_batch_size,
@@ -184,7 +205,7 @@ def sweep(
 def run_cell(model, vector: SteeringVector, alpha: float, cfg: SweepConfig, *, batch_size: int = 32,
              probe_batch_size: int = 8, progress: Callable[[str, int, int], None] | None = None) -> list[Trajectory]:
     """All held-out prompts at one alpha: rollouts, per-token KL and fork probes."""
-    coeff = float(alpha) * cfg.c_star
+    coeff = cfg.coeff(alpha)
     P, C, I = grid(cfg.prompts, [coeff], cfg.prompt_ids)
     n = len(P)
 

@@ -122,3 +122,26 @@ def test_an_external_npy_vector_on_the_tiny_model(bed, tmp_path):
     np.testing.assert_allclose(saved.direction.numpy(), v, rtol=0, atol=0)
     cal = json.loads((out / "calibration.json").read_text())
     assert cal["converged"] is True and abs(cal["achieved"] - 1.0) <= 0.05
+
+
+def test_two_sided_calibrates_minus_v_for_negative_alphas_and_resumes(bed, tmp_path):
+    root, model = bed
+    out = tmp_path / "two"
+    args = ["sweep", *common(root, model, out), "--prompts", root / "held.txt", "--alphas", "-1,0,1", *FIXED,
+            "--two-sided", "--no-figures"]
+    r = invoke(*args)
+    assert r.exit_code == 0, r.output
+    assert "two-sided: calibrating -v" in r.output
+    cal, neg = (json.loads((out / f).read_text()) for f in ("calibration.json", "calibration_neg.json"))
+    assert neg["identity"]["vector_sha256"] != cal["identity"]["vector_sha256"]  # made for -v
+    assert neg["converged"] and abs(neg["achieved"] - 1.0) <= 0.05
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["c_star_neg"] == neg["c_star"] and m["identity"]["c_star_neg"] == neg["c_star"]
+    coeffs = {json.loads(line)["alpha"]: json.loads(line)["coeff"]
+              for a in ("-1", "1") for line in (out / "cells" / f"alpha={a}.jsonl").read_text().splitlines()}
+    assert coeffs[-1.0] == -neg["c_star"] and coeffs[1.0] == cal["c_star"]
+    again = invoke(*args)
+    assert again.exit_code == 0 and "resuming: using" in again.output and "calibrating -v" not in again.output
+    one_line_error(invoke("sweep", "--model", model, "--prompts", root / "held.txt", "--window", "4", *FIXED,
+                          "--calibration", out / "calibration.json", "--two-sided", "--out", tmp_path / "x"), 2,
+                   "--two-sided", "--calibration")
