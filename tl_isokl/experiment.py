@@ -355,8 +355,8 @@ def run_sweep_experiment(s: ExperimentSettings, *, echo: Echo = _quiet, warn: Ec
         if heldout_file is not None and set(heldout_file) & set(cal_file):
             n = len(set(heldout_file) & set(cal_file))
             raise SettingsError(f"{n} prompt(s) of --prompts {s.heldout_prompts} are also in --calibration-prompts "
-                             f"{s.calibration_prompts}; held-out prompts must be disjoint from the calibration "
-                             f"prompts")
+                                f"{s.calibration_prompts}; held-out prompts must be disjoint from the calibration "
+                                f"prompts")
     ext_cal = None
     if s.two_sided and s.calibration_path is not None:
         raise SettingsError("--two-sided calibrates -v in the run directory; it does not combine with --calibration "
@@ -378,8 +378,7 @@ def run_sweep_experiment(s: ExperimentSettings, *, echo: Echo = _quiet, warn: Ec
     pre = run_preflight(model, prompts, probe, s, echo)  # before minutes of calibration, not after
     sampling_id = s.sampling().to_dict() if s.temperature > 0 else None
     wanted = calibration_identity(model, vec, cprompts, stat=s.stat, target=s.target, tol=s.tol, window=s.window,
-                                  positions=s.positions, c_min=s.c_min, c_max=s.c_max,
-                                  sampling=s.sampling().to_dict() if s.temperature > 0 else None)
+                                  positions=s.positions, c_min=s.c_min, c_max=s.c_max, sampling=sampling_id)
     cal = choose_calibration(state, wanted, explicit=ext_cal, explicit_source=str(s.calibration_path),
                              allow_unconverged=s.allow_unconverged,
                              explicit_fix=_explicit_fix(s) if ext_cal else "")
