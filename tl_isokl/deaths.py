@@ -241,11 +241,8 @@ def _load_model(run: Run, model_name: str | None, device: str | None, n: int, lo
 def _write(out: Path, run: Run, thr: float, results: list[tuple[int, TraceInspection]],
            radius: int) -> dict[str, Any]:
     """The pages, index.html, deaths.json and deaths.csv; the DeathReport fields that name them."""
-    import csv
-    import io
-
     from tl_isokl.figures.tokens_html import index_page, inspection_page, write_bundle, write_html
-    from tl_isokl.files import atomic_write_json, atomic_write_text
+    from tl_isokl.files import atomic_write_json, atomic_write_text, csv_text
 
     write_bundle(out)
     target = (run.calibration or {}).get("target") or 1.0  # KL colour scale: at least the per-token budget
@@ -268,10 +265,5 @@ def _write(out: Path, run: Run, thr: float, results: list[tuple[int, TraceInspec
                                                     header=header))
     js = atomic_write_json(out / DEATHS_JSON, {"run": str(run.path), "threshold": thr, "radius": radius,
                                                  "deaths": deaths})
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS), extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    for d in deaths:
-        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in d.items()})
-    cs = atomic_write_text(out / DEATHS_CSV, buf.getvalue())
+    cs = atomic_write_text(out / DEATHS_CSV, csv_text(deaths, CSV_COLUMNS))
     return {"index": idx, "json": js, "csv": cs, "deaths": deaths, "pages": pages}

@@ -74,6 +74,23 @@ def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> Path:
     return atomic_write_text(path, "".join(dumps(r, indent=None) + "\n" for r in rows))
 
 
+def csv_text(rows: Iterable[dict[str, Any]], columns: Iterable[str] | None = None) -> str:
+    """CSV of dict rows (floats as %.6g, columns = `columns` or the first row's keys; other keys ignored). No rows
+    and no columns: the empty string (no header)."""
+    import csv
+    import io
+
+    rows = list(rows)
+    cols = list(columns) if columns is not None else (list(rows[0]) if rows else [])
+    buf = io.StringIO()
+    if cols:
+        w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    return buf.getvalue()
+
+
 def _read_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")

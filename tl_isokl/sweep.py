@@ -7,8 +7,6 @@ resumes where it stopped and ends byte-identical to an uninterrupted run (greedy
 
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -16,7 +14,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from tl_isokl.errors import IsoKLError
-from tl_isokl.files import atomic_write_json, atomic_write_text, sha256_json
+from tl_isokl.files import atomic_write_json, atomic_write_text, csv_text, sha256_json
 from tl_isokl.kl import per_token_kl
 from tl_isokl.model import model_info
 from tl_isokl.calibrate import CalibrationResult
@@ -257,16 +255,6 @@ def _interval_start(fs, t: int | None) -> int | str:
     return min(known) if known else "prompt"
 
 
-def _csv(rows: list[dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    if rows:
-        w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-    return buf.getvalue()
-
-
 def write_tables(run: Run) -> None:
     """Derived tables, rewritten from the cells: forks.csv (row, prompt_id, alpha, t, pmass, p_true, alive, and
     the trajectory's death interval (last_alive_fork, death_fork], empty when it did not die) and summary.csv."""
@@ -279,8 +267,8 @@ def write_tables(run: Run) -> None:
                           "p_true": f.p_true, "alive": int(f.alive(run.threshold)),
                           "last_alive_fork": "" if lo is None else lo, "death_fork": hi})
     rd = RunDir(run.path)
-    atomic_write_text(rd.forks_path, _csv(forks))
-    atomic_write_text(rd.summary_path, _csv(summary_rows(run)))
+    atomic_write_text(rd.forks_path, csv_text(forks))
+    atomic_write_text(rd.summary_path, csv_text(summary_rows(run)))
 
 
 def _median_text(r: dict[str, Any]) -> str:
