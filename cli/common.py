@@ -306,11 +306,14 @@ def load(model_name, dtype, device, revision=None):
 
 
 def check_concept(concept: str) -> tuple[str, str]:
-    """'cheerful/gloomy' -> ('cheerful', 'gloomy'); a usage error otherwise (checked before loading a model)."""
-    if concept.count("/") != 1:
-        raise click.BadParameter(f"{concept!r} must be POS/NEG, e.g. cheerful/gloomy", param_hint="--concept")
-    pos, neg = concept.split("/")
-    return pos, neg
+    """`experiment.concept_names`, as a usage error of --concept (checked before loading a model)."""
+    from tl_isokl.errors import IsoKLError
+    from tl_isokl.experiment import concept_names
+
+    try:
+        return concept_names(concept)
+    except IsoKLError as e:
+        raise click.BadParameter(str(e), param_hint="--concept") from None
 
 
 def concept_sets(model, concept: str) -> tuple[list[str], list[str]]:
