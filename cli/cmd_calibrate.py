@@ -75,10 +75,10 @@ def command(model_name, dtype, device, revision, vector_path, method, layer, con
     from tl_isokl.experiment import ExperimentSettings, run_calibration_experiment
 
     check_bounds(c_min, c_max)
-    early_vector(vector_path, method, layer, concept, gate, tau)  # flag contradictions, before anything loads
+    file_vec = early_vector(vector_path, method, layer, concept, gate, tau)  # flag contradictions, before loading
     settings = ExperimentSettings(
-        model=model_name, revision=revision, dtype=dtype, device=device, vector_path=vector_path, method=method,
-        layer=layer,
+        model=model_name, revision=revision, dtype=dtype, device=device, vector_path=vector_path, vector=file_vec,
+        method=method, layer=layer,
         concept=concept, gate=gate, tau=tau, positions=positions, window=window, target=target, stat=stat, tol=tol,
         c_min=c_min, c_max=c_max, calibration_prompts=prompts_path, batch_size=batch_size, seed=seed, out=out,
         fresh=fresh, allow_other_model=allow_other_model, probe_preset=probe_preset, probe_file=probe_file,

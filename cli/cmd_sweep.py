@@ -77,15 +77,15 @@ def command(model_name, dtype, device, revision, vector_path, method, layer, con
             raise click.BadParameter(f"{schedule!r} is neither 'log2' nor a positive integer stride",
                                      param_hint="--forks") from None
         schedule = int(schedule)
-    early_vector(vector_path, method, layer, concept, gate, tau)
+    file_vec = early_vector(vector_path, method, layer, concept, gate, tau)
     if calibration_path is not None:
         refuse_unused([f for f, n in (("--target-kl", "target"), ("--stat", "stat"), ("--tol", "tol"),
                                       ("--c-min", "c_min"), ("--c-max", "c_max"),
                                       ("--calibration-prompts", "cal_prompts_path")) if given(n)],
                       f"with --calibration {calibration_path} (they only apply when the sweep calibrates)")
     settings = ExperimentSettings(
-        model=model_name, revision=revision, dtype=dtype, device=device, vector_path=vector_path, method=method,
-        layer=layer,
+        model=model_name, revision=revision, dtype=dtype, device=device, vector_path=vector_path, vector=file_vec,
+        method=method, layer=layer,
         concept=concept, gate=gate, tau=tau, positions=positions, window=window, target=target, stat=stat, tol=tol,
         c_min=c_min, c_max=c_max, calibration_prompts=cal_prompts_path, batch_size=batch_size, seed=seed, out=out,
         fresh=fresh, allow_other_model=allow_other_model, calibration_path=calibration_path,

@@ -35,6 +35,7 @@ class ExperimentSettings:
     dtype: str = "float32"
     device: str | None = None
     vector_path: Path | None = None
+    vector: Any = None  # the --vector file's SteeringVector when the caller already read it (else read here)
     method: str = "mean_diff"
     layer: int | None = None
     concept: str = "cheerful/gloomy"
@@ -128,6 +129,8 @@ def file_vector(s: ExperimentSettings):
     naming the tensor (key), the SAE feature or the method (external+ablate)."""
     if s.vector_path is None:
         return None
+    if s.vector is not None:  # read (and gated) by the caller already: one read of a possibly large file
+        return s.vector
     from tl_isokl.vector import Gate
     from tl_isokl.vector_formats import read_vector
 
