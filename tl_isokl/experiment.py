@@ -278,14 +278,10 @@ def read_explicit_calibration(path: Path, *, heldout: Sequence[str] | None, allo
                               heldout_path: Path | None = None) -> dict[str, Any]:
     """An explicit calibration file, checked before the model loads: a calibration.json with an identity, its
     prompts disjoint from the held-out ones, converged (unless allowed)."""
-    from tl_isokl.identity import check_calibration, check_converged
     from tl_isokl.files import read_json
+    from tl_isokl.identity import check_converged, usable_calibration
 
-    cal = read_json(path, kind=dict)
-    if not isinstance(cal.get("c_star"), (int, float)):
-        raise IsoKLError(f"{path} has no numeric c_star; it is not a calibration.json written by `tl-isokl "
-                         f"calibrate`")
-    check_calibration(cal, {}, source=str(path), fix="recalibrate with `tl-isokl calibrate`")
+    cal = usable_calibration(read_json(path, kind=dict), str(path))
     if heldout is not None and set(heldout) & set(cal.get("prompts") or []):
         raise SettingsError(f"--prompts {heldout_path} shares prompts with the calibration prompts of "
                             f"--calibration {path}; held-out prompts must be disjoint from them")

@@ -174,15 +174,11 @@ def steered_coeff(*, coeff: float | None = None, alpha: float | None = None,
     if (alpha is None) != (calibration is None):
         raise IsoKLError("alpha and calibration go together: alpha is in units of the calibration's c*")
     if alpha is not None:
-        from tl_isokl.identity import check_calibration
+        from tl_isokl.identity import usable_calibration
 
         cal, source = _calibration(calibration)
-        c_star = cal.get("c_star")
-        if not isinstance(c_star, (int, float)) or isinstance(c_star, bool):
-            raise IsoKLError(f"{source} is not a calibration.json with a numeric c_star; write one with "
-                             f"`tl-isokl calibrate`")
-        check_calibration(cal, {}, source=source, fix="recalibrate with `tl-isokl calibrate`")
-        return alpha * float(c_star), f"alpha {alpha:g} x c* {float(c_star):.6g}"
+        c_star = float(usable_calibration(cal, source)["c_star"])
+        return alpha * c_star, f"alpha {alpha:g} x c* {c_star:.6g}"
     c = 0.0 if coeff is None else float(coeff)
     if not math.isfinite(c):
         raise IsoKLError(f"coeff {coeff} is not a finite number")

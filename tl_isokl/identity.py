@@ -145,6 +145,17 @@ def check_calibration(cal: Mapping[str, Any], wanted: Mapping[str, Any], *, sour
                             f"; {fix}")
 
 
+def usable_calibration(cal: Mapping[str, Any], source: str) -> Mapping[str, Any]:
+    """A calibration handed in from outside (a --calibration file, a dict): it has a numeric c_star and records
+    what it calibrated; whether that matches this model and vector is checked once they are known."""
+    c_star = cal.get("c_star")
+    if not isinstance(c_star, (int, float)) or isinstance(c_star, bool):
+        raise IsoKLError(f"{source} has no numeric c_star; it is not a calibration.json written by `tl-isokl "
+                         f"calibrate`")
+    check_calibration(cal, {}, source=source, fix="recalibrate with `tl-isokl calibrate`")
+    return cal
+
+
 def check_converged(cal: Mapping[str, Any], *, allow: bool, source: str) -> None:
     """Refuse a calibration with converged: false unless the user allowed it (then the manifest records it)."""
     if cal.get("converged") is False and not allow:
