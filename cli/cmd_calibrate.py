@@ -7,9 +7,9 @@ from pathlib import Path
 
 import click
 
-from tl_isokl_cli.common import (Progress, allow_other_model_option, early_vector, fresh_option, model_options,
-                                 positions_option, probe_options, sampling_options, stat_option, unescape,
-                                 vector_options)
+from tl_isokl_cli.common import (Progress, allow_other_model_option, early_vector, fresh_option, given,
+                                 model_options, positions_option, probe_options, refuse_unused, sampling_options,
+                                 stat_option, unescape, vector_options)
 from tl_isokl_cli.main import friendly_errors
 
 
@@ -76,6 +76,8 @@ def command(model_name, dtype, device, revision, vector_path, method, layer, con
 
     check_bounds(c_min, c_max)
     file_vec = early_vector(vector_path, method, layer, concept, gate, tau)  # flag contradictions, before loading
+    if temperature == 0 and given("top_p"):
+        refuse_unused(["--top-p"], "without --temperature > 0 (greedy rollouts do not sample)")
     settings = ExperimentSettings(
         model=model_name, revision=revision, dtype=dtype, device=device, vector_path=vector_path, vector=file_vec,
         method=method, layer=layer,

@@ -68,7 +68,7 @@ def command(model_name, dtype, device, revision, vector_path, method, layer, con
     from tl_isokl.sweep import parse_alphas
 
     # ---- flags: contradictions and values a library call cannot see (which flags were given)
-    parse_alphas(alphas)
+    alpha_list = parse_alphas(alphas)
     check_bounds(c_min, c_max)
     if schedule != "log2":
         try:
@@ -83,6 +83,11 @@ def command(model_name, dtype, device, revision, vector_path, method, layer, con
                                       ("--c-min", "c_min"), ("--c-max", "c_max"),
                                       ("--calibration-prompts", "cal_prompts_path")) if given(n)],
                       f"with --calibration {calibration_path} (they only apply when the sweep calibrates)")
+    if temperature == 0:
+        refuse_unused([f for f, n in (("--top-p", "top_p"), ("--samples-per-prompt", "samples_per_prompt"))
+                       if given(n)], "without --temperature > 0 (greedy rollouts do not sample)")
+    if two_sided and not any(a < 0 for a in alpha_list):
+        refuse_unused(["--two-sided"], f"without a negative alpha in --alphas {alphas} (it calibrates -v for them)")
     settings = ExperimentSettings(
         model=model_name, revision=revision, dtype=dtype, device=device, vector_path=vector_path, vector=file_vec,
         method=method, layer=layer,

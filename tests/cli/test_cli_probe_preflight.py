@@ -143,5 +143,16 @@ def test_two_sided_calibrates_minus_v_for_negative_alphas_and_resumes(bed, tmp_p
     again = invoke(*args)
     assert again.exit_code == 0 and "resuming: using" in again.output and "calibrating -v" not in again.output
     one_line_error(invoke("sweep", "--model", model, "--prompts", root / "held.txt", "--window", "4", *FIXED,
-                          "--calibration", out / "calibration.json", "--two-sided", "--out", tmp_path / "x"), 2,
+                          "--calibration", out / "calibration.json", "--two-sided", "--alphas", "-1,0",
+                          "--out", tmp_path / "x"), 2,
                    "--two-sided", "--calibration")
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["sweep", "--top-p", "0.9"], "--top-p has no effect without --temperature"),
+    (["sweep", "--samples-per-prompt", "2"], "--samples-per-prompt has no effect without --temperature"),
+    (["calibrate", "--top-p", "0.9"], "--top-p has no effect without --temperature"),
+    (["sweep", "--two-sided", "--alphas", "0,1"], "--two-sided has no effect without a negative alpha"),
+])
+def test_sampling_and_two_sided_flags_without_effect_are_refused(args, needle):
+    one_line_error(invoke(*args), 2, needle)
