@@ -5,6 +5,10 @@ EOS (long windows are dominated by a few long rows), keeps per-row doses aligned
 `output_logits` (a [window, batch, vocab] tuple). The loop calls the HF model inside the bridge
 (`model.original_model`), which fires the TL hooks; prompts are left-padded with an explicit attention mask and
 position ids, so a row's rollout in a batch is token-identical to its rollout alone.
+
+`return_final=True` also keeps the final block's residual at every step (d_model floats per generated token):
+the steered distribution that chose each token, so the per-token KL needs only the *base* teacher-forced pass
+(`kl.per_token_kl(..., final=...)`) instead of re-computing the steered one.
 """
 
 from __future__ import annotations
@@ -103,7 +107,8 @@ def rollout(
     positions: str = "all",
     progress: Callable[[int], None] | None = None,
     sampling: Sampling = GREEDY,
-) -> list[Rollout]:
+    return_final: bool = False,
+) -> list[Rollout] | tuple[list[Rollout], list[torch.Tensor]]:
     """Greedy (or, with `sampling`, seeded sampled) rollouts of each (prompt, coeff) row for up to `window`
     generated tokens.
 
@@ -113,6 +118,9 @@ def rollout(
         batch_size: rows decoded together (memory knob; results do not depend on it).
         positions: "all" or "generated" (steer only generated tokens).
         progress: called with the number of rows finished in each batch.
+        return_final: also return, per row, the final block's `hook_resid_post` at the position that chose each
+            generated token ([len(tokens), d_model], on the CPU, model dtype): what `per_token_kl(final=...)`
+            turns into the steered log-probabilities without a second steered forward.
     """
     coeffs = torch.as_tensor(coeffs, dtype=torch.float32).flatten()
     if len(prompts) != len(coeffs):
@@ -123,25 +131,30 @@ def rollout(
     check_window(model, [len(s) for s in ids_list], window)
     pids = list(prompt_ids) if prompt_ids is not None else [str(i) for i in range(len(prompts))]
     out: list[Rollout | None] = [None] * len(prompts)
+    finals: list[torch.Tensor | None] = [None] * len(prompts)
     # similar lengths together: less padding, and the order does not change any row's result
     order = sorted(range(len(prompts)), key=lambda i: len(ids_list[i]))
     for b0 in range(0, len(order), batch_size):
         rows = order[b0: b0 + batch_size]
         gens = None if sampling.greedy else [sampling.generator(pids[i]) for i in rows]
         gen = _decode_batch(model, vector, [ids_list[i] for i in rows], coeffs[rows], window, positions, sampling,
-                            gens)
-        for i, (toks, hit) in zip(rows, gen):
+                            gens, keep_final=return_final)
+        for i, (toks, hit, fin) in zip(rows, gen):
+            finals[i] = fin
             out[i] = Rollout(prompt_id=pids[i], prompt=prompts[i], coeff=float(coeffs[i]), prompt_tokens=ids_list[i],
                              tokens=toks, eos=hit, window=int(window), text=decode(model, toks))
         if progress is not None:
             progress(len(rows))
+    if return_final:
+        return out, finals  # type: ignore[return-value]
     return out  # type: ignore[return-value]
 
 
 def _decode_batch(model, vector, seqs: list[list[int]], coeffs: torch.Tensor, window: int,
-                  positions: str, sampling: Sampling = GREEDY, generators: list | None = None
-                  ) -> list[tuple[list[int], bool]]:
+                  positions: str, sampling: Sampling = GREEDY, generators: list | None = None,
+                  keep_final: bool = False) -> list[tuple[list[int], bool, torch.Tensor | None]]:
     from transformers import DynamicCache
+    from tl_isokl.forward import final_hook
 
     dev = model.cfg.device
     ids, mask = pad_batch(seqs, pad_id(model), side="left")
@@ -153,6 +166,13 @@ def _decode_batch(model, vector, seqs: list[list[int]], coeffs: torch.Tensor, wi
     if vector is not None:
         steering = Steering(vector, coeffs, positions=positions, start=T)
         hooks = steering.fwd_hooks()
+    steps: list[tuple[torch.Tensor, torch.Tensor]] = []  # (alive rows, their final residual) per forward
+    if keep_final:
+        current = {}
+
+        def keep(resid, hook):  # registered after the steering hook: sees the steered residual
+            current["h"] = resid[:, -1].detach()
+        hooks = list(hooks) + [(final_hook(model), keep)]
     generated: list[list[int]] = [[] for _ in range(B)]
     finished = [False] * B
     alive = torch.arange(B, device=dev)  # original row index of each batch row still decoding
@@ -165,6 +185,8 @@ def _decode_batch(model, vector, seqs: list[list[int]], coeffs: torch.Tensor, wi
         cache = out.past_key_values
         logits = out.logits[:, -1]
         for step in range(window):
+            if keep_final:
+                steps.append((alive, current.pop("h")))
             nxt = sampling.choose(logits, [generators[r] for r in alive.tolist()] if generators else [])
             done = torch.isin(nxt, stops) if len(stops) else torch.zeros_like(nxt, dtype=torch.bool)
             for j, (r, t) in enumerate(zip(alive.tolist(), nxt.tolist())):
@@ -187,7 +209,15 @@ def _decode_batch(model, vector, seqs: list[list[int]], coeffs: torch.Tensor, wi
                      use_cache=True)
             cache = out.past_key_values
             logits = out.logits[:, -1]
-    return [(generated[i], finished[i]) for i in range(B)]
+    finals: list[torch.Tensor | None] = [None] * B
+    if keep_final and steps:
+        h0 = steps[0][1]
+        full = h0.new_zeros(len(steps), B, h0.shape[-1])  # [step, row, d]; rows that left keep zeros
+        for k, (rows, h) in enumerate(steps):
+            full[k, rows] = h
+        full = full.cpu()
+        finals = [full[: len(generated[i]), i].clone() for i in range(B)]
+    return [(generated[i], finished[i], finals[i]) for i in range(B)]
 
 
 def grid(prompts: Sequence[str], coeffs: Sequence[float], prompt_ids: Sequence[str] | None = None):

@@ -105,3 +105,35 @@ def test_bad_windows_are_clear_errors(model, vec, prompts):
         rollout(model, vec, prompts[:1], [1.0], window=int(model.cfg.n_ctx))
     with pytest.raises(IsoKLError, match="one coefficient per row"):
         rollout(model, vec, prompts[:2], [1.0], window=4)
+
+
+@pytest.mark.parametrize("variant", ["plain", "soft-gate", "ablate-last-layer"])
+def test_kl_from_the_decodes_own_residuals_matches_brute_force(model, vec, prompts, variant):
+    """`rollout(return_final=True)` + `per_token_kl(final=...)` runs only the base pass; the steered side comes
+    from the decode loop. Checked against two fresh forwards per token, and against the two-pass path."""
+    from tl_isokl.vector import Gate, SteeringVector
+
+    v = vec
+    if variant == "soft-gate":
+        v = vec.with_gate(Gate("soft", 0.05))
+    elif variant == "ablate-last-layer":  # the steered layer is the one the head reads
+        v = SteeringVector.from_tensor(vec.direction, int(model.cfg.n_layers) - 1, method="directional_ablation")
+    P, C, I = grid(prompts[:3], [0.0, 0.7, 3.0])
+    rolls, finals = rollout(model, v, P, C, prompt_ids=I, window=12, batch_size=4, return_final=True)
+    assert [f.shape[0] for f in finals] == [len(r.tokens) for r in rolls]
+    fast = per_token_kl(model, v, rolls, batch_size=3, final=finals)
+    slow = per_token_kl(model, v, rolls, batch_size=3)
+    for r, a, b in zip(rolls, fast, slow):
+        np.testing.assert_allclose(a, b, atol=2e-5, rtol=0)
+        if r.coeff == 0:
+            assert np.all(a == 0.0)
+    r = next(r for r, k in zip(rolls, fast) if r.coeff == 3.0 and len(r.tokens) > 3)
+    k = fast[rolls.index(r)]
+    np.testing.assert_allclose(k, brute_force_kl(model, v, r), atol=2e-5, rtol=0)
+    assert k.max() > 1e-3
+
+
+def test_return_final_does_not_change_the_rollouts(model, vec, rolls, prompts):
+    P, C, I = grid(prompts, [0.0, 1.5, 6.0])
+    again, finals = rollout(model, vec, P, C, prompt_ids=I, window=WINDOW, batch_size=5, return_final=True)
+    assert [r.tokens for r in again] == [r.tokens for r in rolls]

@@ -158,3 +158,23 @@ def test_negative_alpha_steers_the_opposite_way(model, vec, cal, heldout, tmp_pa
 
     assert len(draw_figures(run.path)) == 3
     assert re.search(r"^\|\s*-1\s*\|", write_report(run.path).read_text(), flags=re.M)
+
+
+def test_alpha_groups_are_a_fixed_partition():
+    from tl_isokl.sweep import alpha_groups
+
+    assert alpha_groups([0, 1, 2, 3, 4], 48, 128) == [(0, 1), (2, 3), (4,)]
+    assert alpha_groups([0, 1, 2], 200, 128) == [(0,), (1,), (2,)]  # never fewer than one alpha
+    assert alpha_groups([0, 1, 2], 8, 128) == [(0, 1, 2)]
+
+
+def test_one_alpha_per_decode_batch_gives_the_same_cells(model, vec, cal, heldout, run, tmp_path):
+    """Rows of all alphas in one decode batch (the default here) vs one alpha per batch of 8: same tokens,
+    same deaths, KL equal up to float rounding of a different batch composition."""
+    alone = sweep(model, vec, cal, heldout, tmp_path / "alone", alphas=ALPHAS, window=WINDOW, decode_batch_size=8)
+    for a in ALPHAS:
+        for x, y in zip(run.by_alpha()[a], alone.by_alpha()[a]):
+            assert x.tokens == y.tokens
+            np.testing.assert_allclose(x.kl, y.kl, atol=2e-5, rtol=1e-4)
+            assert fate(x, run.threshold).died == fate(y, run.threshold).died
+            np.testing.assert_allclose([f.pmass for f in x.forks], [f.pmass for f in y.forks], atol=1e-5)
