@@ -14,7 +14,7 @@ removed from the prefill, so the spliced text never holds a second `</think>`. T
 so a tokenizer that splits `</think>` oddly still works.
 
 Cost: no fork re-forwards prompt + rollout[:t]. Each trajectory is one packed sequence, the rollout followed by
-every fork's (prefill + answer) segment, with a 4D attention mask letting a segment see rollout[:plen+t] and
+every fork's segment (the prefill and the answers' common tokens once, then what differs per answer variant), with a 4D attention mask letting a segment see rollout[:plen+t] and
 itself, and position ids continuing from its fork. One forward per batch of trajectories scores every fork:
 O(T + forks x segment) tokens instead of O(forks x T).
 
@@ -389,26 +389,39 @@ def _probe_per_fork(model, vector, rows, plans, segs, positions, chunk: int) -> 
 
 
 def _pack(r: Rollout, forks: list[tuple[int, str]], segs: _Segments) -> dict:
-    """One packed row: rollout ids, then one segment per (fork, variant), with its attention pattern."""
+    """One packed row: rollout ids, then per fork the tokens its answer variants share (prefill + common answer
+    prefix) once, then each variant's own tokens, with the attention pattern of the unpacked sequences.
+
+    A variant's last token is never the source of a scored logit, so it is not packed at all: with one-token
+    answers (" true" / " false") a fork costs the prefill alone, instead of (prefill + answer) per variant.
+    """
     prefix = r.prompt_tokens + r.tokens
     P = len(r.prompt_tokens)
     N = len(prefix)
     ids = list(prefix)
     pos = list(range(N))
-    spans = []  # (start, length, fork_end) of each segment
+    spans = []  # (start, length, [visible (a, b) ranges besides itself]) of each packed segment
     score_pos, score_tok, score_owner = [], [], []
     fork_list = []
     v_id = 0
     for t, prefill in forks:
         variants = []
-        ctx_end = P + t  # segment sees prefix[:ctx_end]
-        for is_true, both, k in segs.get(prefill):
+        ctx_end = P + t  # every segment of this fork sees prefix[:ctx_end]
+        vs = segs.get(prefill)
+        c = min(_lcp(vs[0][1], both) for _, both, _ in vs)  # tokens shared by every variant
+        shared = len(ids)
+        ids += vs[0][1][:c]
+        pos += range(ctx_end, ctx_end + c)
+        spans.append((shared, c, [(0, ctx_end)]))
+        for is_true, both, k in vs:
+            own = both[c: len(both) - 1]
             start = len(ids)
-            ids += both
-            pos += list(range(ctx_end, ctx_end + len(both)))
-            spans.append((start, len(both), ctx_end))
-            for i in range(k, len(both)):
-                score_pos.append(start + i - 1 if i > 0 else ctx_end - 1)
+            ids += own
+            pos += range(ctx_end + c, ctx_end + c + len(own))
+            spans.append((start, len(own), [(0, ctx_end), (shared, shared + c)]))
+            for i in range(k, len(both)):  # token both[i] is predicted at the position of both[i - 1]
+                j = i - 1
+                score_pos.append(ctx_end - 1 if j < 0 else shared + j if j < c else start + j - c)
                 score_tok.append(both[i])
                 score_owner.append(v_id)
             variants.append((v_id, is_true))
@@ -417,8 +430,11 @@ def _pack(r: Rollout, forks: list[tuple[int, str]], segs: _Segments) -> dict:
     n = len(ids)
     allow = torch.zeros((n, n), dtype=torch.bool)
     allow[:N, :N] = torch.ones((N, N), dtype=torch.bool).tril()
-    for start, length, ctx_end in spans:
-        allow[start: start + length, :ctx_end] = True
+    for start, length, visible in spans:
+        if not length:
+            continue
+        for a, b in visible:
+            allow[start: start + length, a:b] = True
         allow[start: start + length, start: start + length] = torch.ones((length, length), dtype=torch.bool).tril()
     return {"ids": torch.tensor(ids), "pos": torch.tensor(pos), "allow": allow, "score_pos": score_pos,
             "score_tok": score_tok, "score_owner": score_owner, "forks": fork_list}

@@ -88,3 +88,20 @@ def test_fork_schedules():
         fork_points(10, 0)
     r = Rollout("x", "p", 0.0, [0], [5, 6, 0], eos=True, window=8)
     assert default_forks(r) == [0, 1, 2]  # never after EOS
+
+
+def test_packed_probe_with_multi_token_variants_that_share_a_prefix(model, vec, rolls):
+    """Variants of different lengths that share answer tokens beyond the prefill (the shared part is packed
+    once, each variant's own tokens after it): equal to one fresh forward per variant."""
+    spec = ProbeSpec(true_variants=(" true", " truly true", "true"), false_variants=(" false", " false false"))
+    tok = model.tokenizer
+    lens = {v: len(tok(PREFILL + v, add_special_tokens=False)["input_ids"]) for v in spec.true_variants}
+    assert len(set(lens.values())) > 1  # really different lengths
+    res = probe(model, vec, rolls[:4], spec=spec, batch_size=4)
+    n = 0
+    for r, forks in zip(rolls[:4], res):
+        for f in forks:
+            ref = probe_reference(model, vec, r, f.t, spec)
+            assert abs(ref.pmass - f.pmass) < 1e-5 and abs(ref.p_true - f.p_true) < 1e-5
+            n += 1
+    assert n >= 8
