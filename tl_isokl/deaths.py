@@ -8,11 +8,18 @@ re-derived by teacher forcing, top-k, entropy, cosine, a cause label) and writes
     index.html            one row per dead trace, linking to its page
     trace-r<row>.html     one offline circuitsvis page per dead trace
     circuitsvis.iife.js   the widgets' bundle, shared by the pages
-    deaths.json           {"run", "threshold", "radius", "deaths": [one record per dead trace]}
+    deaths.json           {"run", "threshold", "run_threshold", "rederived", "radius", "deaths": [one record per
+                          dead trace]}
     deaths.csv            the same records, flat
 
 Every check that needs no model (alpha, index, threshold, writable output folder) runs before the model loads.
 A run with no dead trace (at the chosen threshold and alpha) is not an error: the files are written empty.
+
+Which traces are dead is decided from the pmass stored at each fork, at the run's threshold or at another one
+(`threshold=`: re-derived, nothing about the fates is recomputed; the model is only loaded for the pages of the dead
+traces). At another threshold the default folder is RUN/threshold=<value>/inspect (`report.output_dir`), so the
+run's own inspect/ is never overwritten by a re-derivation; deaths.json and index.html record the threshold used,
+the run's own and whether the fates were re-derived.
 
     >>> from tl_isokl.deaths import inspect_run
     >>> rep = inspect_run("runs/demo", alpha=2.0)          # loads the model the run recorded
@@ -42,6 +49,8 @@ class DeathReport:
     Attributes:
         run: the loaded run directory.
         threshold, radius: the pmass threshold and death-window radius used.
+        run_threshold: the run's own threshold; rederived: threshold differs from it (fates re-derived from the
+            stored pmass).
         alpha: the alpha the selection was restricted to (None: every alpha).
         inspections: (row in the run, TraceInspection) per dead trace, in table order.
         deaths: one record per dead trace, as in deaths.json (row, alpha, coeff, prompt_id, prompt, death_t,
@@ -57,6 +66,8 @@ class DeathReport:
     index: Path
     json: Path
     csv: Path
+    run_threshold: float = 0.75
+    rederived: bool = False
     inspections: list[tuple[int, TraceInspection]] = field(default_factory=list)
     deaths: list[dict[str, Any]] = field(default_factory=list)
     pages: list[Path] = field(default_factory=list)
@@ -151,8 +162,9 @@ def inspect_run(
         alpha: only traces at this alpha (one of the run's).
         index: one trace: its row in the run, or its position within `alpha`.
         radius: tokens either side of the death fork in each death table.
-        threshold: pmass threshold for alive/dead (default: the run's).
-        out: output folder (default RUN/inspect).
+        threshold: pmass threshold for alive/dead (default: the run's); another one re-derives every fate from
+            the stored pmass.
+        out: output folder (default RUN/inspect; RUN/threshold=<value>/inspect at a threshold not the run's).
         model: an already loaded model to use (the run's model, e.g. in a notebook); nothing is loaded then.
         model_name: load this model (hub name or folder) instead of the one the manifest records, e.g. because
             the folder moved; loaded with the run's dtype.
@@ -176,14 +188,18 @@ def inspect_run(
         raise IsoKLError("pass either a loaded model or model_name to load, not both")
     if radius < 0:
         raise IsoKLError(f"radius {radius} must be >= 0 tokens")
-    if threshold is not None and not 0 < float(threshold) <= 1:
-        raise IsoKLError(f"threshold {threshold:g} must be in (0, 1]")
+    from tl_isokl.report import output_dir
+    from tl_isokl.survival import is_rederived, resolve_threshold
+
+    if threshold is not None:
+        resolve_threshold(None, threshold)  # a bad value fails before the run is read
     run = load_run(run_dir)
-    thr = float(threshold) if threshold is not None else run.threshold
+    thr = resolve_threshold(run, threshold)
     chosen = select_deaths(run, alpha=alpha, index=index, threshold=thr)
-    out = Path(out) if out is not None else RunDir(run_dir).inspect_dir
+    out = Path(out) if out is not None else RunDir(output_dir(run_dir, thr, run=run)).inspect_dir
     check_writable_dir(out, what="--out")  # before the model loads
-    report = dict(run=run, threshold=thr, radius=radius, alpha=alpha, out=out)
+    report = dict(run=run, threshold=thr, radius=radius, alpha=alpha, out=out, run_threshold=run.threshold,
+                  rederived=is_rederived(run, thr))
     if not chosen:
         return DeathReport(**report, **_write(out, run, thr, [], radius))
 
@@ -256,14 +272,18 @@ def _write(out: Path, run: Run, thr: float, results: list[tuple[int, TraceInspec
         entries.append({"row": r, "alpha": t.alpha, "prompt id": t.prompt_id, "prompt": t.prompt,
                         "died at": d["death_t"], "after token": d["death_token"], "label": d["label"],
                         "evidence": d["evidence"], "page": d["page"]})
+    from tl_isokl.survival import is_rederived, threshold_text
+
     m = run.manifest
     header = {"run": str(run.path), "model": m.get("model") if not isinstance(m.get("model"), dict)
               else m["model"].get("name"), "method": m.get("method"), "layer": m.get("layer"),
-              "c*": m.get("c_star"), "window": m.get("window"), "threshold": thr, "radius": radius,
-              "dead traces": len(results), "traces in run": len(run.trajectories)}
+              "c*": m.get("c_star"), "window": m.get("window"), "threshold": threshold_text(run, thr),
+              "radius": radius, "dead traces": len(results), "traces in run": len(run.trajectories)}
     idx = write_html(out / INSPECT_INDEX, index_page(entries, title=f"Dead traces of {run.path.name}",
                                                     header=header))
-    js = atomic_write_json(out / DEATHS_JSON, {"run": str(run.path), "threshold": thr, "radius": radius,
+    js = atomic_write_json(out / DEATHS_JSON, {"run": str(run.path), "threshold": thr,
+                                                 "run_threshold": run.threshold,
+                                                 "rederived": is_rederived(run, thr), "radius": radius,
                                                  "deaths": deaths})
     cs = atomic_write_text(out / DEATHS_CSV, csv_text(deaths, CSV_COLUMNS))
     return {"index": idx, "json": js, "csv": cs, "deaths": deaths, "pages": pages}

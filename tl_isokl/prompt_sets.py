@@ -1,4 +1,5 @@
-"""Default prompt sets: calibration and held-out questions, and contrastive concept sets.
+"""Default prompt sets: calibration and held-out questions (with their answers where known), and contrastive
+concept sets.
 
 For the embedded test bed they come from its generated world (disjoint from each other and from its training
 questions). For any other model a small generic set of yes/no questions is framed with the tokenizer's chat
@@ -101,6 +102,46 @@ def default_prompts(model, kind: str) -> tuple[list[str], list[str]]:
         return [f"{q.entity}:{q.attribute}" for q in qs], [q.prompt for q in qs]
     qs = GENERIC_CALIBRATION if kind == "calibration" else GENERIC_HELDOUT
     return [f"{kind[:3]}{i:03d}" for i in range(len(qs))], [frame(model, q) for q in qs]
+
+
+def default_answers(model, kind: str) -> list[bool] | None:
+    """The answers of `default_prompts(model, kind)`, in the same order: the test bed's held-out and calibration
+    questions know theirs (`testbed.corpus.Question.answer`); the generic sets of other models carry none (None)."""
+    if kind not in KINDS:
+        raise IsoKLError(f"prompt set {kind!r} is unknown; use one of {', '.join(KINDS)}")
+    if not is_embedded(model):
+        return None
+    from tl_isokl.testbed.corpus import make_splits
+
+    return [bool(q.answer) for q in getattr(make_splits(), kind)]
+
+
+def read_answers(path: str | Path) -> list[bool | None] | None:
+    """The answers of the prompts `prompts.read_prompts(path)` returns, in the same order, or None when the file
+    carries none. A .jsonl line may have a field "answer": true/false, "true"/"false" (any case), or null / absent
+    (unknown: None for that prompt); anything else is one IsoKLError naming file:line. A .txt file has no answers.
+    """
+    import json
+
+    from tl_isokl.outcomes import parse_answer
+    from tl_isokl.prompts import read_prompts
+
+    p = Path(path)
+    read_prompts(p)  # the same checks and errors as for the prompts themselves; lines below are then valid
+    if p.suffix.lower() != ".jsonl":
+        return None
+    out: list[bool | None] = []
+    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            out.append(parse_answer(json.loads(line).get("answer"), f"{p}:{n}"))
+    return out if any(a is not None for a in out) else None
+
+
+def prompt_answers(model, path: str | Path | None, kind: str) -> list[bool | None] | None:
+    """The answers of the prompt set `experiment.prompt_set(model, path, kind)` uses, aligned with its prompts:
+    `read_answers(path)` for a file, else `default_answers(model, kind)`. None = the set carries no answers (the
+    manifest then gets none and reports leave accuracy out)."""
+    return read_answers(path) if path is not None else default_answers(model, kind)
 
 
 def default_concepts(model, pos: str = "cheerful", neg: str = "gloomy") -> tuple[list[str], list[str]]:

@@ -32,7 +32,9 @@ class Rollout:
 class ForkProbe:
     """The answer probe spliced in after `t` generated tokens (t = 0: right after the prompt).
 
-    pmass = P(true) + P(false) of the steered model; p_true = P(true) (not renormalised).
+    pmass = P(true) + P(false) of the steered model; p_true = P(true) (not renormalised). P(false) is not stored
+    because it is determined: `p_false` = pmass - p_true. A probe that cannot split its mass stores p_true = NaN
+    (JSON null), and then nothing here says which answer the fork prefers.
     """
 
     t: int
@@ -42,6 +44,20 @@ class ForkProbe:
     def alive(self, threshold: float) -> bool:
         """pmass >= threshold. NaN is dead: no mass could be measured, so the model did not commit."""
         return bool(self.pmass >= threshold)
+
+    @property
+    def p_false(self) -> float:
+        """P(false) = pmass - p_true (NaN when either is)."""
+        return self.pmass - self.p_true
+
+    def prediction(self) -> bool | None:
+        """The more probable of the two answers at this fork: True (P(true) > P(false)), False (P(false) >
+        P(true)), None when they tie or when p_true or pmass is NaN (the fork prefers neither, as far as is known).
+        Says nothing about whether the fork is alive: combine with `alive(threshold)`."""
+        pt, pf = self.p_true, self.p_false
+        if pt != pt or pf != pf or pt == pf:
+            return None
+        return pt > pf
 
     @classmethod
     def from_dict(cls, d: dict) -> "ForkProbe":

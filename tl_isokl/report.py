@@ -2,26 +2,49 @@
 
 Why from the directory only: a report must be reproducible on a laptop without the model, and redrawing must
 never need the sweep to be rerun. Every file is written atomically through `tl_isokl.files`.
+
+Another threshold (`threshold=`, the CLI's `--threshold`): every fate is re-derived from the pmass stored at each
+fork, nothing is recomputed and no model is loaded. The run's own files (report.md, figures/, summary.csv,
+forks.csv, inspect/) say what happened at the run's threshold and are never overwritten by a re-derivation: the
+outputs at another threshold go to ``RUN/threshold=<value>/`` (`output_dir`), which has the run directory's layout
+(report.md, figures/, inspect/), and each of them says that it was re-derived and from which threshold.
 """
 
 from __future__ import annotations
 
 import io
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from tl_isokl.identity import run_notes
 from tl_isokl.files import atomic_write_bytes, atomic_write_text
-from tl_isokl.rundir import FIGURES, FIGURES_DIR, RunDir, load_run
-from tl_isokl.survival import kl_summary, km_curves, run_window, survival_table
+from tl_isokl.rundir import FIGURES, FIGURES_DIR, Run, RunDir, load_run
+from tl_isokl.survival import (is_rederived, kl_summary, km_curves, resolve_threshold, run_window,
+                               sensitivity_table, sensitivity_thresholds, survival_table, threshold_text)
 
 DPI = 160
+REDERIVED_PREFIX = "threshold="  # RUN/threshold=<value>/: outputs re-derived at a threshold not the run's
 
 
-def figure_paths(run_dir: str | Path) -> list[Path]:
+def rederived_name(threshold: float) -> str:
+    """Folder name of the outputs re-derived at `threshold`: "threshold=0.5" (the float's shortest exact form)."""
+    return f"{REDERIVED_PREFIX}{float(threshold)!r}"
+
+
+def output_dir(run_dir: str | Path, threshold: float | None = None, *, run: Run | None = None) -> Path:
+    """Where the outputs at `threshold` go: the run directory itself at the run's own threshold (or None), else
+    RUN/threshold=<value>/ (a re-derivation never overwrites the run's own report, figures or tables)."""
+    run = run if run is not None else load_run(run_dir)
+    thr = resolve_threshold(run, threshold)
+    return Path(run_dir) / rederived_name(thr) if is_rederived(run, thr) else Path(run_dir)
+
+
+def figure_paths(run_dir: str | Path, threshold: float | None = None, *, run: Run | None = None) -> list[Path]:
     """Where `draw_figures` puts its PNGs (they may not exist yet)."""
-    return [RunDir(run_dir).figure_path(key) for key in FIGURES]
+    out = Path(run_dir) if threshold is None and run is None else output_dir(run_dir, threshold, run=run)
+    return [RunDir(out).figure_path(key) for key in FIGURES]
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -30,21 +53,31 @@ def _save(fig: Any, path: Path) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def draw_figures(run_dir: str | Path, *, roll: int = 1) -> list[Path]:
+def draw_figures(run_dir: str | Path, *, roll: int = 1, threshold: float | None = None) -> list[Path]:
     """(Re)draw spaghetti (raw and normalised) and survival PNGs into RUN/figures/; returns their paths.
 
     Args:
         run_dir: a run directory (see `tl_isokl.rundir`).
         roll: rolling-mean width for the spaghetti lines, display only.
+        threshold: pmass threshold for alive/dead (default: the run's). Another one re-derives every fate from the
+            stored pmass and draws into RUN/threshold=<value>/figures/ (see `output_dir`).
     """
     from tl_isokl.figures.spaghetti import spaghetti
     from tl_isokl.figures.survival import survival_plot
+    from tl_isokl.outcomes import outcome_columns
 
     run = load_run(run_dir)
-    raw, norm, surv = figure_paths(run_dir)
-    out = [_save(spaghetti(run, mode="raw", roll=roll), raw),
-           _save(spaghetti(run, mode="normalised", roll=roll), norm)]
-    out.append(_save(survival_plot(km_curves(run), window=run_window(run)).figure, surv))
+    thr = resolve_threshold(run, threshold)
+    raw, norm, surv = figure_paths(run_dir, thr, run=run)
+    out = [_save(spaghetti(run, mode="raw", roll=roll, threshold=thr), raw),
+           _save(spaghetti(run, mode="normalised", roll=roll, threshold=thr), norm)]
+    notes = {}
+    for a, ts in run.by_alpha().items():
+        acc = outcome_columns(run, ts, thr)
+        if acc:
+            notes[a] = f"alive & right {acc['alive_right']}/{acc['answered']}"
+    out.append(_save(survival_plot(km_curves(run, thr), window=run_window(run),
+                                   threshold=threshold_text(run, thr), notes=notes).figure, surv))
     return out
 
 
@@ -123,27 +156,64 @@ def _section(title: str, body: Iterable[str]) -> str:
     return f"## {title}\n\n" + "\n\n".join(b.rstrip("\n") for b in body) + "\n"
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """Write RUN/report.md (run identity, calibration, survival table, KL table, figure links) atomically.
+ACCURACY_NOTES = [
+    "Three fates, where the prompts carry answers: alive_right / alive_wrong = never died, and at its last probed "
+    "fork the more probable of P(true), P(false) is / is not the prompt's answer (a tie is not right); dead as "
+    "above. alive_right + alive_wrong + died = answered when every prompt has an answer (a fork stored without "
+    "p_true counts in neither).",
+    "acc_end = alive_right / answered (a dead trace gave no answer: not right), read at the last probed fork; "
+    "acc_t0 = the same at fork t = 0, right after the prompt (alive there and the more probable answer is right); "
+    "acc_alive = alive_right / (alive_right + alive_wrong): how often the survivors are right.",
+]
+NO_ANSWER_NOTE = ("The prompts of this run carry no answers (manifest `prompts[i].answer`), so accuracy is not "
+                  "reported: alive means the probe can still answer true or false, not that it answers right.")
 
-    Figures are linked, not drawn: call `draw_figures` first (the CLI does when they are missing).
+
+def _sensitivity_section(run: Run, thr: float) -> str:
+    ths = sensitivity_thresholds(run, thr)
+    return _section("Threshold sensitivity", [
+        markdown_table(sensitivity_table(run, ths)),
+        f"Deaths (died/n) and Kaplan-Meier median death token (— = not reached) per alpha at thresholds "
+        f"{', '.join(f'{t:g}' for t in ths)}, each re-derived from the pmass stored at every fork (nothing "
+        f"recomputed); \"(run)\" marks the threshold the run was swept at. A death count that moves a lot between "
+        f"columns means traces sit near the threshold rather than collapse.",
+    ])
+
+
+def write_report(run_dir: str | Path, threshold: float | None = None) -> Path:
+    """Write report.md (run identity, calibration, survival table with the three fates and accuracy where answers
+    exist, threshold sensitivity, KL table, figure links) atomically; returns its path.
+
+    At the run's threshold (default) it is RUN/report.md; at another it is RUN/threshold=<value>/report.md, and it
+    says that every fate was re-derived from the stored pmass. Figures are linked, not drawn: call `draw_figures`
+    with the same threshold first (the CLI does when they are missing).
     """
     run = load_run(run_dir)
-    rows = survival_table(run)
+    thr = resolve_threshold(run, threshold)
+    rederived = is_rederived(run, thr)
+    rows = survival_table(run, thr)
     kl = [s.to_dict() for s in kl_summary(run)]
     figs = "\n".join(f"![{key}]({FIGURES_DIR}/{name})" for key, name in FIGURES.items())
+    with_acc = bool(rows) and "acc_end" in rows[0]
+    title = f"# tl-isokl report: `{Path(run.path).name}`" + (f" at threshold {thr:g} (re-derived)" if rederived else "")
+    intro = ([f"Every fate in this report (deaths, censoring, medians, log-rank tests, accuracy, figures) is "
+              f"re-derived at threshold {thr:g} from the pmass stored at each fork; nothing was recomputed. The run "
+              f"was swept at threshold {run.threshold:g}: its own report.md, summary.csv, forks.csv and figures "
+              f"(in `{run.path}`) use {run.threshold:g} and are unchanged.\n"] if rederived else [])
     text = "\n".join([
-        f"# tl-isokl report: `{Path(run.path).name}`\n",
+        title + "\n",
+        *intro,
         _section("Run", [markdown_table(_manifest_rows(run.manifest), ["field", "value"])]),
         _section("Calibration", [markdown_table(_calibration_rows(run.calibration), ["field", "value"]),
                                  "alpha = 1 means c*: the coefficient whose per-token KL statistic meets the target "
                                  "(tolerance relative to the target)."]),
         *([_section("Caveats", ["\n".join(f"- {n}" for n in notes)])] if (notes := run_notes(run)) else []),
-        _section(f"Survival (threshold {run.threshold:g})", [
+        _section(f"Survival (threshold {threshold_text(run, thr)})", [
             markdown_table(rows),
             "Death = first fork with pmass < threshold (absorbing; NaN pmass counts as dead). A trace alive at "
             "the end is right-censored at its last probed fork, where it was last seen alive (forks after EOS or "
             "after the model's own `</think>` are not probed; `eos` counts the censored traces that ended at EOS).",
+            *(ACCURACY_NOTES if with_acc else [NO_ANSWER_NOTE]),
             "Death times are interval-censored at fork resolution: a trace dead at fork t was alive at the "
             "previous probed fork and failed somewhere in between (forks.csv gives each death's "
             "(last_alive_fork, death_fork]). Kaplan-Meier places each death at its fork, so S@t and the median "
@@ -154,19 +224,43 @@ def write_report(run_dir: str | Path) -> Path:
             "p_vs_0 / p_vs_1: two-sided log-rank p against alpha = 0 / alpha = 1 (— = no such comparison, "
             "n/a = undefined: no deaths in either group).",
         ]),
+        _sensitivity_section(run, thr),
         _section("Per-token KL(steered ‖ base), nats", [
             markdown_table(kl, ["alpha", "n_traj", "n_tokens", "mean", "p50", "p95", "max"]),
-            "Pooled over every generated token of every trajectory at that alpha (non-finite values left out).",
+            "Pooled over every generated token of every trajectory at that alpha (non-finite values left out; "
+            "independent of the threshold).",
         ]),
         _section("Figures", [figs]),
     ])
-    return atomic_write_text(RunDir(run_dir).report_path, text)
+    return atomic_write_text(RunDir(output_dir(run_dir, thr, run=run)).report_path, text)
 
 
-def report_run(run_dir: str | Path) -> tuple[Path, float, str]:
-    """What `tl-isokl report` does: draw missing figures, write report.md, and return (its path, the run's
-    threshold, the survival table as markdown) for printing."""
+@dataclass(frozen=True)
+class ReportOutput:
+    """What `report_run` wrote and what the CLI prints: the report's path, the threshold used, the run's own,
+    whether the fates were re-derived, and the survival and sensitivity tables as Markdown."""
+
+    path: Path
+    threshold: float
+    run_threshold: float
+    rederived: bool
+    table: str
+    sensitivity: str
+
+    @property
+    def threshold_text(self) -> str:
+        return (f"{self.threshold:g} (re-derived from the stored pmass; the run's is {self.run_threshold:g})"
+                if self.rederived else f"{self.threshold:g} (the run's)")
+
+
+def report_run(run_dir: str | Path, threshold: float | None = None) -> ReportOutput:
+    """What `tl-isokl report` does: draw missing figures, write report.md (RUN/threshold=<value>/ at a threshold
+    other than the run's), and return what to print."""
     run = load_run(run_dir)  # fails early, with one line, on a folder that is not a run
-    if not all(p.is_file() for p in figure_paths(run_dir)):
-        draw_figures(run_dir)
-    return write_report(run_dir), run.threshold, markdown_table(survival_table(run))
+    thr = resolve_threshold(run, threshold)
+    if not all(p.is_file() for p in figure_paths(run_dir, thr, run=run)):
+        draw_figures(run_dir, threshold=thr)
+    path = write_report(run_dir, thr)
+    return ReportOutput(path=path, threshold=thr, run_threshold=run.threshold, rederived=is_rederived(run, thr),
+                        table=markdown_table(survival_table(run, thr)),
+                        sensitivity=markdown_table(sensitivity_table(run, sensitivity_thresholds(run, thr))))

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -60,6 +60,25 @@ def resolve_threshold(source: Any, threshold: float | None = None) -> float:
     if not 0.0 < threshold <= 1.0:
         raise IsoKLError(f"threshold={threshold} is not a probability mass in (0, 1]; use e.g. 0.75")
     return threshold
+
+
+def run_threshold(source: Any) -> float:
+    """The threshold the run was swept at (its manifest's; 0.75 for a bare list of trajectories)."""
+    return float(getattr(source, "threshold", DEFAULT_THRESHOLD))
+
+
+def is_rederived(source: Any, threshold: float | None) -> bool:
+    """True when `threshold` differs from the run's own: every fate at it is re-derived from the stored pmass."""
+    return threshold is not None and not math.isclose(float(threshold), run_threshold(source), abs_tol=1e-12)
+
+
+def threshold_text(source: Any, threshold: float | None = None) -> str:
+    """Which threshold the numbers use, for every output that shows fates: "0.75 (the run's)" or
+    "0.5 (re-derived from the stored pmass; the run's is 0.75)"."""
+    thr = resolve_threshold(source, threshold)
+    if is_rederived(source, thr):
+        return f"{thr:g} (re-derived from the stored pmass; the run's is {run_threshold(source):g})"
+    return f"{thr:g} (the run's)"
 
 
 def run_window(source: Any) -> int:
@@ -244,20 +263,28 @@ def survival_table(
     *,
     confidence_level: float = 0.95,
     ci_method: str = "log-log",
+    answers: Mapping[str, bool] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per alpha: counts, S at `at_tokens`, median death token with its band, log-rank p vs alpha 0 and 1.
+    """One row per alpha: counts, S at `at_tokens`, median death token with its band, log-rank p vs alpha 0 and 1,
+    and, where the prompts carry answers, the three fates and the probe's accuracy.
 
-    Columns: alpha, n, died, censored, eos, ``S@<t>`` for each t, median, median_low, median_high (None = not
-    reached), p_vs_0, p_vs_1 (None = no such comparison: the row is the reference, or the run lacks that alpha;
-    NaN = the test is undefined, e.g. no deaths in either group). `at_tokens` defaults to (20, window/2, window)
-    with the window taken from the run (or the trajectories).
+    Columns: alpha, n, died, censored, eos, [answered, alive_right, alive_wrong, acc_t0, acc_end, acc_alive: only
+    when answers are known, see `tl_isokl.outcomes`], ``S@<t>`` for each t, median, median_low, median_high
+    (None = not reached), p_vs_0, p_vs_1 (None = no such comparison: the row is the reference, or the run lacks
+    that alpha; NaN = the test is undefined, e.g. no deaths in either group). `at_tokens` defaults to
+    (20, window/2, window) with the window taken from the run (or the trajectories). `answers` ({prompt id: bool})
+    overrides the run manifest's.
     """
+    from tl_isokl.outcomes import accuracy_columns, answers as run_answers, has_accuracy
+
     thr = resolve_threshold(source, threshold)
     groups = group_by_alpha(source)
     if not groups:
         raise IsoKLError("no trajectories to tabulate; load a run with finished alpha cells")
     if at_tokens is None:
         at_tokens = default_at_tokens(run_window(source))
+    known = run_answers(source if answers is None else answers)
+    with_acc = has_accuracy((t for ts in groups.values() for t in ts), known)
     fs = {a: fates(ts, thr) for a, ts in groups.items()}
     refs = {0.0: _find_alpha(fs, 0.0), 1.0: _find_alpha(fs, 1.0)}
     rows = []
@@ -265,11 +292,49 @@ def survival_table(
         c = kaplan_meier(f, alpha=a, confidence_level=confidence_level, ci_method=ci_method)
         lo, hi = c.median_ci()
         row: dict[str, Any] = {"alpha": a, "n": c.n, "died": c.died, "censored": c.censored, "eos": c.eos}
+        if with_acc:
+            row.update(accuracy_columns(groups[a], known, thr))
         row.update({f"S@{int(t)}": c.at(t) for t in at_tokens})
         row.update({"median": c.median(), "median_low": lo, "median_high": hi})
         for ref_alpha, ref in refs.items():
             key = f"p_vs_{ref_alpha:g}"
             row[key] = None if ref is None or ref == a else logrank(f, fs[ref]).p_value
+        rows.append(row)
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------- sensitivity
+
+SENSITIVITY_THRESHOLDS = (0.5, 0.75, 0.9)
+
+
+def sensitivity_thresholds(source: Any, threshold: float | None = None) -> list[float]:
+    """0.5, 0.75, 0.9, the run's own and `threshold` (when given), ascending, without duplicates."""
+    out: list[float] = []
+    for t in (*SENSITIVITY_THRESHOLDS, run_threshold(source), *(() if threshold is None else (threshold,))):
+        t = resolve_threshold(source, t)
+        if not any(math.isclose(t, u, abs_tol=1e-12) for u in out):
+            out.append(t)
+    return sorted(out)
+
+
+def sensitivity_table(source: Any, thresholds: Sequence[float] | None = None) -> list[dict[str, Any]]:
+    """How much the deaths depend on the threshold: one row per alpha, and per threshold two columns,
+    ``died@<thr>`` ("d/n") and ``median@<thr>`` (Kaplan-Meier median death token; None = not reached). The run's
+    own threshold is marked "(run)" in its column names. Every fate is re-derived from the stored pmass.
+
+    `thresholds` defaults to `sensitivity_thresholds(source)`: 0.5, 0.75, 0.9 and the run's own.
+    """
+    ths = sensitivity_thresholds(source) if thresholds is None else [resolve_threshold(source, t) for t in thresholds]
+    own = run_threshold(source) if hasattr(source, "threshold") else None
+    rows = []
+    for a, ts in group_by_alpha(source).items():
+        row: dict[str, Any] = {"alpha": a, "n": len(ts)}
+        for thr in ths:
+            mark = " (run)" if own is not None and math.isclose(thr, own, abs_tol=1e-12) else ""
+            c = kaplan_meier(fates(ts, thr), alpha=a)
+            row[f"died@{thr:g}{mark}"] = f"{c.died}/{c.n}"
+            row[f"median@{thr:g}{mark}"] = c.median()
         rows.append(row)
     return rows
 

@@ -31,3 +31,21 @@ def test_other_models_get_generic_sets_in_their_chat_template(model, monkeypatch
         default_concepts(model, "animal", "machine")
     with pytest.raises(IsoKLError, match="prompt set 'train' is unknown"):
         default_prompts(model, "train")
+
+
+def test_test_bed_sets_know_their_answers(model, splits, monkeypatch):
+    from tl_isokl.prompt_sets import default_answers, prompt_answers
+    from tl_isokl.testbed.corpus import CATEGORIES
+
+    for kind in ("heldout", "calibration"):
+        ids, prompts = default_prompts(model, kind)
+        qs = getattr(splits, kind)
+        got = default_answers(model, kind)
+        assert got == [q.answer for q in qs] == prompt_answers(model, None, kind)
+        assert ids == [f"{q.entity}:{q.attribute}" for q in qs] and prompts == [q.prompt for q in qs]  # aligned
+        assert got == [q.attribute in CATEGORIES[q.category][1] for q in qs]  # from the fact base itself
+        assert sum(got) == len(got) // 2  # the splits are balanced: half true, half false
+    with pytest.raises(IsoKLError, match="prompt set 'train' is unknown"):
+        default_answers(model, "train")
+    monkeypatch.setitem(model.tl_isokl_info, "path", "/somewhere/else")
+    assert default_answers(model, "heldout") is None  # generic questions carry no answers

@@ -15,7 +15,7 @@ import numpy as np
 from tl_isokl.errors import IsoKLError
 from tl_isokl.records import fate
 from tl_isokl.figures.series import normalised_kl, rolling_mean, running_median
-from tl_isokl.survival import group_by_alpha, km_curves, resolve_threshold, run_window
+from tl_isokl.survival import group_by_alpha, is_rederived, km_curves, resolve_threshold, run_threshold, run_window
 
 ALIVE, DEAD = "#3a7ca5", "#d97706"  # steel blue / amber: distinct for the common colour-vision deficiencies
 MODES = ("raw", "normalised")
@@ -48,7 +48,8 @@ def spaghetti(run: Any, *, mode: str = "raw", threshold: float | None = None, ro
     Args:
         run: a loaded `Run`.
         mode: "raw" (nats) or "normalised" (divided by each trace's p95 over its first 20 raw tokens).
-        threshold: pmass threshold for alive/dead; defaults to the run's.
+        threshold: pmass threshold for alive/dead; defaults to the run's. Another one re-derives every fate from
+            the stored pmass, and the title says so.
         roll: centred rolling-mean width for display only (the normaliser and the colours use raw values).
         axes: optional array of at least one Axes per alpha (ascending alpha order); a new Figure otherwise.
 
@@ -182,5 +183,7 @@ def spaghetti(run: Any, *, mode: str = "raw", threshold: float | None = None, ro
                frameon=False)
     smooth = f", rolling mean {roll}" if roll > 1 else ""
     what = "per-token KL" if mode == "raw" else "per-token KL, normalised by each trace's early p95"
-    fig.suptitle(f"{what}{smooth}", fontsize=10.5)
+    rederived = (f"; alive/dead re-derived at threshold {thr:g} from the stored pmass (the run's is "
+                 f"{run_threshold(run):g})" if is_rederived(run, thr) else "")
+    fig.suptitle(f"{what}{smooth}{rederived}", fontsize=10.5)
     return fig

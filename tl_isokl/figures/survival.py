@@ -22,16 +22,19 @@ def _colours(n: int) -> list:
 
 
 def survival_plot(curves: Mapping[float, SurvivalCurve] | Sequence[SurvivalCurve], *, window: int | None = None,
-                  ax: Any = None):
+                  ax: Any = None, threshold: str | float | None = None, notes: Mapping[float, str] | None = None):
     """Step plot of S(t) per alpha with its pointwise confidence band and a tick at every censoring time.
 
     Args:
         curves: from `survival.km_curves` (a dict by alpha) or a list of curves.
         window: rollout window in tokens; marked with a dotted vertical line and used as the x limit.
         ax: Axes to draw on; a new Figure's Axes otherwise.
+        threshold: the pmass threshold the curves were computed at (a number, or `survival.threshold_text`,
+            which says when it was re-derived); shown in the title.
+        notes: per alpha, extra text for its legend label (e.g. "alive & right 3/8": alive is not right).
 
     Returns:
-        The Axes. Each alpha's step line carries the label "α = a  (died d/n)".
+        The Axes. Each alpha's step line carries the label "α = a  (died d/n)", plus ", <note>" when given.
     """
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
@@ -47,8 +50,9 @@ def survival_plot(curves: Mapping[float, SurvivalCurve] | Sequence[SurvivalCurve
         end = max(end, window or 0)
         x = np.r_[0, c.times, end]
         y = np.r_[1.0, c.survival, c.survival[-1] if c.survival.size else 1.0]
-        ax.step(x, y, where="post", color=colour, lw=2.0, label=f"α = {c.alpha:g}  (died {c.died}/{c.n})",
-                zorder=3)
+        note = next((v for k, v in (notes or {}).items() if abs(float(k) - c.alpha) < 1e-9), None)
+        ax.step(x, y, where="post", color=colour, lw=2.0,
+                label=f"α = {c.alpha:g}  (died {c.died}/{c.n}{', ' + note if note else ''})", zorder=3)
         if c.times.size:
             lo = np.r_[1.0, c.ci_low, c.ci_low[-1]]
             hi = np.r_[1.0, c.ci_high, c.ci_high[-1]]
@@ -67,7 +71,11 @@ def survival_plot(curves: Mapping[float, SurvivalCurve] | Sequence[SurvivalCurve
     ax.set_ylim(-0.03, 1.05)
     ax.set_xlabel("generated token", fontsize=10)
     ax.set_ylabel("S(t) = P(alive after t tokens)", fontsize=10)
-    ax.set_title("Kaplan-Meier survival by dose", fontsize=10.5)
+    if threshold is None:
+        ax.set_title("Kaplan-Meier survival by dose", fontsize=10.5)
+    else:
+        thr = f"{threshold:g}" if isinstance(threshold, (int, float)) else str(threshold)
+        ax.set_title(f"Kaplan-Meier survival by dose\nalive: pmass ≥ {thr}", fontsize=10.5)
     ax.grid(True, lw=0.3, color="0.88")
     ax.tick_params(labelsize=9)
     handles, _ = ax.get_legend_handles_labels()
