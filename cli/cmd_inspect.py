@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from tl_isokl_cli.cmd_report import threshold_option
 from tl_isokl_cli.main import friendly_errors
 
 
@@ -18,10 +19,10 @@ from tl_isokl_cli.main import friendly_errors
               help="One trace: its row in the run (forks.csv / deaths.csv `row`), or its position within --alpha.")
 @click.option("--radius", type=click.IntRange(min=0), default=16, show_default=True,
               help="Tokens either side of the death fork in the death table.")
-@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True), default=None,
-              help="pmass threshold for alive/dead (default: the run's).")
+@threshold_option
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Output folder (default RUN/inspect): index.html, one page per trace, deaths.json/csv.")
+              help="Output folder (default RUN/inspect, or RUN/threshold=VALUE/inspect with another --threshold): "
+                   "index.html, one page per trace, deaths.json/csv.")
 @click.option("--device", default=None, help="cpu, cuda, ... (default: cuda if available).")
 @click.option("--model", "model_name", default=None, metavar="NAME_OR_PATH",
               help="Load this model instead of the one recorded in RUN/manifest.json (e.g. the folder moved).")
@@ -30,9 +31,12 @@ def command(run_dir: Path, alpha, index, radius, threshold, out, device, model_n
     """Recompute every dead trace of RUN (or the chosen one) around its death fork, label it (kl_spike,
     repetition_loop, format_fragile), and write offline HTML pages plus deaths.json / deaths.csv.
 
-    Loads the model recorded in RUN/manifest.json (or --model) and the vector RUN/vector.safetensors.
+    Which traces died is read from the stored pmass (at --threshold: re-derived, nothing recomputed); the model
+    recorded in RUN/manifest.json (or --model) and the vector RUN/vector.safetensors are loaded only for the pages
+    of the dead traces.
     """
     from tl_isokl.deaths import TABLE_HEADER, format_death, inspect_run
+    from tl_isokl.survival import threshold_text
 
     shown = []
 
@@ -44,8 +48,9 @@ def command(run_dir: Path, alpha, index, radius, threshold, out, device, model_n
 
     rep = inspect_run(run_dir, alpha=alpha, index=index, radius=radius, threshold=threshold, out=out,
                       model_name=model_name, device=device, log=lambda s: click.echo(s, err=True), on_death=row)
+    thr = threshold_text(rep.run, rep.threshold)
     if not rep.deaths:
-        click.echo(f"no dead traces at threshold {rep.threshold:g}" + (f" and alpha {alpha:g}" if alpha is not None
-                                                                        else ""))
+        click.echo(f"no dead traces at threshold {thr}" + (f" and alpha {alpha:g}" if alpha is not None else ""))
         return
+    click.echo(f"threshold {thr}")
     click.echo(f"wrote {rep.index}, {len(rep.deaths)} page(s), {rep.json.name}, {rep.csv.name}")
