@@ -10,6 +10,10 @@ Decisions (see ../shared/reference/tl4-brief.md for the measurements behind them
 * The embedded test-bed model is just a folder inside the package and goes through the same code path.
 * Every load runs `tl_isokl.head.check_head` (one 8-token forward): logits computed from the final residual must
   equal the model's own (soft-cap and logit scales included), or the load fails with one line.
+* Speed (`tl_isokl.acceleration`), on by default and recorded by `model_info`: HF's own attention kernel under
+  the bridge (`native_attention`) and the bridge's exact per-call shortcuts (`fast_path`). Both keep
+  `blocks.{L}.hook_resid_post` a TransformerLens hook; native attention drops the attention-internal hooks
+  (scores, pattern, rotated q/k), so pass `native_attention=False` to read those.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 
 import torch
 
+from tl_isokl.acceleration import accelerate, attention_mode, fast_path_enabled
 from tl_isokl.errors import ModelLoadError
 from tl_isokl.head import check_head
 
@@ -113,7 +118,10 @@ def _patch_kv_cache() -> None:
 
 def _fix_low_precision_rotary(model, dtype: torch.dtype) -> None:
     """bf16/fp16 OLMo-2 forwards crash in the bridge: HF keeps rotary cos/sin in fp32 and casts q/k back after
-    RoPE, the bridge does not. A permanent hook casting the rotated q/k back reproduces HF exactly."""
+    RoPE, the bridge does not. A permanent hook casting the rotated q/k back reproduces HF exactly.
+
+    Only the bridge's re-implemented attention fires hook_rot_q/k: with native attention (HF casts q/k itself) the
+    hooks stay attached but never run, and take effect again after `acceleration.use_bridge_attention`."""
     if dtype == torch.float32:
         return
     names = [n for n in model.hook_dict if n.endswith(("attn.hook_rot_q", "attn.hook_rot_k"))]
@@ -128,6 +136,8 @@ def load_model(
     dtype: str | torch.dtype | None = None,
     revision: str | None = None,
     trust_remote_code: bool = False,
+    native_attention: bool = True,
+    fast_path: bool = True,
 ):
     """Load a model as a `TransformerBridge` with `blocks.{L}.hook_resid_post` hooks.
 
@@ -138,9 +148,17 @@ def load_model(
         dtype: float32 (default), bfloat16 or float16. KL and probes are always computed in float32.
         revision: hub revision (branch, tag or commit) to pick from the cache.
         trust_remote_code: off unless asked for.
+        native_attention: run HF's own attention kernel (sdpa; HF's eager where the config soft-caps attention
+            logits) instead of TransformerLens's eager re-implementation: no [B, H, T, T] scores in the
+            teacher-forced passes, 1.7-2.2x faster KL and probe on CPU, far less memory on a GPU. Off: the
+            attention-internal hooks (hook_attn_scores, hook_pattern, hook_rot_q/k) fire again. Architectures
+            whose bridge does not re-implement attention (GPT-2) are unchanged either way.
+        fast_path: skip bridge machinery no hook listens to (exact; any hook attached later still fires and
+            can edit). A separate flag because it changes nothing observable, unlike native_attention.
 
     Returns:
-        The bridge in eval mode, with `model.tl_isokl_info` (name, path, revision, dtype) for manifests.
+        The bridge in eval mode, with `model.tl_isokl_info` (name, path, revision, dtype, attention, fast_path)
+        for manifests.
     """
     torch_dtype = parse_dtype(dtype)
     name, path, rev = resolve_model(name_or_path, revision)
@@ -163,6 +181,7 @@ def load_model(
             raise ModelLoadError(f"could not load model {name!r} from {path}: {first}") from e
     model.eval()
     _fix_low_precision_rotary(model, torch_dtype)
+    accelerate(model, native_attention=native_attention, fast_path=fast_path)
     if model.tokenizer is None:
         raise ModelLoadError(f"model {name!r} has no tokenizer in {path}; tl-isokl needs one to roll out text")
     # logits from the final residual (KL, probe) must equal the model's own: refuse an output head we cannot
@@ -181,18 +200,28 @@ def load_model(
 
 
 def model_info(model) -> dict[str, Any]:
-    """Identity of a loaded model for manifests (works for bridges not loaded by `load_model`, with less)."""
+    """Identity of a loaded model for manifests (works for bridges not loaded by `load_model`, with less).
+
+    `attention` ("sdpa", "eager": HF's kernel; "bridge": TransformerLens's re-implementation) and `fast_path` are
+    read from the model as it is now, so a switch after loading is recorded too. They change numbers only at
+    kernel rounding (~1e-5), so they are recorded, not part of any run identity.
+    """
     info = getattr(model, "tl_isokl_info", None)
     if info is not None:
-        return dict(info)
-    return {
-        "name": getattr(model.cfg, "model_name", "unknown"),
-        "path": None,
-        "revision": None,
-        "dtype": str(getattr(model.cfg, "dtype", "unknown")).replace("torch.", ""),
-        "n_layers": int(model.cfg.n_layers),
-        "d_model": int(model.cfg.d_model),
-    }
+        info = dict(info)
+    else:
+        info = {
+            "name": getattr(model.cfg, "model_name", "unknown"),
+            "path": None,
+            "revision": None,
+            "dtype": str(getattr(model.cfg, "dtype", "unknown")).replace("torch.", ""),
+            "n_layers": int(model.cfg.n_layers),
+            "d_model": int(model.cfg.d_model),
+        }
+    if hasattr(model, "modules") and hasattr(model, "original_model"):
+        info["attention"] = attention_mode(model)
+        info["fast_path"] = fast_path_enabled(model)
+    return info
 
 
 def load_recorded_model(manifest: dict[str, Any], *, device: str | None = None):

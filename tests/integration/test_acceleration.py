@@ -1,0 +1,355 @@
+"""tl_isokl.acceleration: native attention, the bridge fast path and the growing KV cache change no number.
+
+The reference side is the Hugging Face model itself, loaded separately with `AutoModelForCausalLM` from the same
+folder, steered by a plain PyTorch forward hook on its decoder layer (no tl_isokl helper), or the bridge with every
+lever off. Zoo families (tests/zoo_models.py) cover the attention variants: sliding windows, soft-capping (Gemma-2
+keeps HF's eager kernel), QK-norm, GPT-2's joint-QKV bridge (left alone).
+"""
+
+import warnings
+
+import pytest
+import torch
+
+import zoo_models as Z
+from tl_isokl import acceleration as A
+from tl_isokl.model import EMBEDDED_MODEL, load_model, model_info
+from tl_isokl.rollout import rollout
+from tl_isokl.vector import SteeringVector
+
+FAMILIES = ["gpt2", "llama", "qwen3", "olmo2", "mistral", "qwen2", "gemma2", "gemma3", "granite", "cohere",
+            "cohere2"]
+EXPECTED_ATTENTION = {"gpt2": "bridge", "gemma2": "eager"}  # every other family: sdpa
+LAYER = 0
+PROMPTS = [[5, 17, 230, 44, 9, 301, 77, 12, 600, 41, 8, 90], [5, 400, 23, 88]]  # left-padded together
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def zoo_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("zoo_accel")
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def pair(request, zoo_root):
+    """(family, bridge through load_model with its defaults, untouched HF model from the same folder)."""
+    from transformers import AutoModelForCausalLM
+
+    folder = Z.build(request.param, zoo_root)
+    bridge = load_model(folder, device="cpu")
+    hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    return request.param, bridge, hf
+
+
+@pytest.fixture(scope="module")
+def plain():
+    """The embedded model with every lever off; tests switch levers on it and switch them back."""
+    return load_model(device="cpu", native_attention=False, fast_path=False)
+
+
+# ---- the independent side ---------------------------------------------------------------------------------------
+def padded():
+    T = max(len(p) for p in PROMPTS)
+    ids = torch.tensor([[Z.PAD] * (T - len(p)) + p for p in PROMPTS])
+    mask = torch.tensor([[0] * (T - len(p)) + [1] * len(p) for p in PROMPTS])
+    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def hf_layers(hf):
+    base = hf.base_model
+    return base.layers if hasattr(base, "layers") else base.h
+
+
+def direction(d: int, scale: float) -> torch.Tensor:
+    v = torch.randn(d, generator=torch.Generator().manual_seed(3))
+    return scale * v / v.norm()
+
+
+def hf_add(hf, v):
+    """A plain forward hook adding v to decoder layer LAYER's output (every position)."""
+    def add(module, args, out):
+        h = out[0] if isinstance(out, tuple) else out
+        h = h + v.to(h.dtype)
+        return (h,) + tuple(out[1:]) if isinstance(out, tuple) else h
+
+    return hf_layers(hf)[LAYER].register_forward_hook(add)
+
+
+def tl_add(v):
+    return [(f"blocks.{LAYER}.hook_resid_post", lambda x, hook: x + v.to(x.dtype))]
+
+
+def gap(a, b, mask):
+    keep = mask.bool()
+    return float((a[keep] - b[keep]).abs().max())
+
+
+# ---- parity with the HF model -----------------------------------------------------------------------------------
+def test_attention_mode_is_recorded(pair):
+    family, bridge, _ = pair
+    info = model_info(bridge)
+    assert info["attention"] == EXPECTED_ATTENTION.get(family, "sdpa")
+    assert info["fast_path"] is True
+
+
+def test_logits_equal_the_hf_model(pair):
+    _, bridge, hf = pair
+    ids, mask, pos = padded()
+    with torch.no_grad():
+        ours = bridge(ids, attention_mask=mask, position_ids=pos)
+        ref = hf(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+    assert gap(ours, ref, mask) < TOL
+
+
+def test_steering_hook_equals_a_plain_hook_on_the_hf_layer(pair):
+    """Full forward and one cached decode step (prefill steered, then the step steered), as rollouts run them."""
+    from transformers import DynamicCache
+
+    _, bridge, hf = pair
+    ids, mask, pos = padded()
+    v = direction(int(bridge.cfg.d_model), 4.0)
+    nxt = torch.tensor([[31], [502]])
+    mask2 = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+    pos2 = mask2.sum(1, keepdim=True) - 1
+    with torch.no_grad():
+        base = bridge(ids, attention_mask=mask, position_ids=pos)
+        with bridge.hooks(fwd_hooks=tl_add(v)):
+            full = bridge(ids, attention_mask=mask, position_ids=pos)
+            om = bridge.original_model
+            out = om(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=DynamicCache(),
+                     use_cache=True)
+            step = om(input_ids=nxt, attention_mask=mask2, position_ids=pos2, past_key_values=out.past_key_values,
+                      use_cache=True).logits[:, -1]
+        h = hf_add(hf, v)
+        try:
+            ref_full = hf(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+            ref_out = hf(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=DynamicCache(),
+                         use_cache=True)
+            ref_step = hf(input_ids=nxt, attention_mask=mask2, position_ids=pos2,
+                          past_key_values=ref_out.past_key_values, use_cache=True).logits[:, -1]
+            ref_uncached = hf(input_ids=torch.cat([ids, nxt], 1), attention_mask=mask2,
+                              position_ids=torch.cat([pos, pos2], 1)).logits[:, -1]
+        finally:
+            h.remove()
+    assert gap(base, full, mask) > 0.1  # the dose is visible
+    assert gap(full, ref_full, mask) < TOL
+    assert float((step - ref_step).abs().max()) < TOL
+    assert float((step - ref_uncached).abs().max()) < TOL
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma2", "gpt2"])  # plain, windowed, soft-capped, bridge
+def test_growing_cache_rollout_equals_dynamic_cache(family, zoo_root, monkeypatch):
+    """Through tl_isokl.rollout with `transformers.DynamicCache` swapped for growing_cache: identical tokens,
+    rows leaving the batch at an EOS mid-way (batch_select_indices) included."""
+    import transformers
+
+    bridge = load_model(Z.build(family, zoo_root), device="cpu")
+    vec = SteeringVector(direction=direction(int(bridge.cfg.d_model), 1.0), layer=LAYER)
+    P = ["Once upon a time", "The little fox", "Is the sky blue?", "Tom is happy today because the sun"]
+    C = [0.0, 3.0, 3.0, 0.0]
+    ref = rollout(bridge, vec, P, C, window=24, batch_size=4)
+    stop = ref[1].tokens[5]  # a token one row reaches early: it leaves the batch there
+    gen = bridge.original_model.generation_config
+    old = gen.eos_token_id
+    made = []
+
+    def counted(*a, **k):
+        made.append(A.growing_cache())
+        return made[-1]
+
+    try:
+        gen.eos_token_id = [Z.EOS, int(stop)]
+        ref = rollout(bridge, vec, P, C, window=24, batch_size=4)
+        monkeypatch.setattr(transformers, "DynamicCache", counted)
+        mine = rollout(bridge, vec, P, C, window=24, batch_size=4)
+    finally:
+        gen.eos_token_id = old
+    assert made and all(A.is_growing(c) for c in made)
+    assert any(r.eos and r.length < 24 for r in ref) and any(r.length == 24 for r in ref)
+    assert [r.tokens for r in mine] == [r.tokens for r in ref]
+    assert [r.eos for r in mine] == [r.eos for r in ref]
+
+
+# ---- the growing cache on its own -------------------------------------------------------------------------------
+def test_growing_cache_decode_steps_equal_dynamic_cache():
+    """HF's model decoding step by step, a row dropped half-way: the same logits at every step, bit for bit."""
+    from transformers import AutoModelForCausalLM, DynamicCache
+
+    hf = AutoModelForCausalLM.from_pretrained(EMBEDDED_MODEL, dtype=torch.float32).eval()
+    ids, mask, pos = padded()
+    runs = []
+    for cache in (DynamicCache(), A.growing_cache(), A.growing_cache(capacity=16)):
+        m, logits, seen = mask, [], []
+        with torch.no_grad():
+            out = hf(input_ids=ids, attention_mask=m, position_ids=pos, past_key_values=cache, use_cache=True)
+            for step in range(12):
+                nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+                if step == 6:  # row 0 leaves
+                    keep = torch.tensor([1])
+                    out.past_key_values.batch_select_indices(keep)
+                    nxt, m = nxt[keep], m[keep]
+                m = torch.cat([m, torch.ones_like(m[:, :1])], 1)
+                out = hf(input_ids=nxt, attention_mask=m, position_ids=m.sum(1, keepdim=True) - 1,
+                         past_key_values=out.past_key_values, use_cache=True)
+                logits.append(out.logits[:, -1])
+                seen.append(out.past_key_values.get_seq_length())
+        runs.append((logits, seen))
+    assert A.is_growing(A.growing_cache())
+    for logits, seen in runs[1:]:
+        assert seen == runs[0][1]
+        assert all(torch.equal(a, b) for a, b in zip(logits, runs[0][0]))
+
+
+def test_growing_cache_falls_back_to_a_plain_dynamic_cache(monkeypatch):
+    from transformers.cache_utils import DynamicLayer
+
+    monkeypatch.setitem(A._GROWING, "layer", None)  # what the version guard leaves when its self-check fails
+    c = A.growing_cache()
+    assert c.layer_class_to_replicate is DynamicLayer and not A.is_growing(c)
+
+
+def test_growing_cache_honours_inherited_methods():
+    """crop (an inherited DynamicLayer method replacing keys) before further updates: still DynamicLayer's K/V."""
+    from transformers.cache_utils import DynamicLayer
+
+    g = torch.Generator().manual_seed(1)
+    kv = [(torch.randn(2, 2, t, 4, generator=g), torch.randn(2, 2, t, 4, generator=g)) for t in (70, 1, 1, 3)]
+    ref, mine = DynamicLayer(), A._growing_layer_class()()
+    for i, (k, v) in enumerate(kv):
+        a, b = ref.update(k, v), mine.update(k, v)
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+        if i == 1:
+            ref.crop(-2)
+            mine.crop(-2)
+    assert mine.get_seq_length() == ref.get_seq_length() == 73
+
+
+# ---- the fast path ----------------------------------------------------------------------------------------------
+IDS = torch.tensor([[5, 17, 230, 44, 9, 301, 77, 12, 600, 41, 8, 90, 33, 250]])
+# the hook points each shortcut skips while they are quiet: a norm's, a linear's (in attention and in the MLP)
+SHORTCUT_HOOKS = ["blocks.0.ln1_post.hook_normalized", "blocks.1.attn.q_norm.hook_scale", "blocks.0.attn.q.hook_out",
+                  "blocks.2.mlp.out.hook_in"]
+
+
+def logits_of(m, hooks=()):
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TransformerLens warns when a norm hook edits (its reconstruction path)
+        with m.hooks(fwd_hooks=list(hooks)):
+            return m(IDS)
+
+
+def test_fast_path_is_exact_and_per_instance(plain):
+    ref = logits_of(plain)
+    try:
+        assert A.use_fast_path(plain) > 0 and A.use_fast_path(plain) == 0  # idempotent
+        assert torch.equal(logits_of(plain), ref)  # bridge attention, fast path alone: bit for bit
+        fresh = load_model(device="cpu", native_attention=False, fast_path=False)
+        assert not A.fast_path_enabled(fresh)  # another bridge in the process keeps TransformerLens's classes
+        from transformer_lens.model_bridge.generalized_components.linear import LinearBridge
+
+        q = plain.blocks[0].attn.q
+        assert isinstance(q, LinearBridge) and type(q).__name__ == "LinearBridge"
+    finally:
+        A.use_hooked_path(plain)
+    assert not A.fast_path_enabled(plain)
+    assert torch.equal(logits_of(plain), ref)
+
+
+def test_shortcuts_are_taken_only_while_quiet(plain, monkeypatch):
+    """With no hook, the skipped hook points and accelerate's align_module_device are not entered; an accelerate
+    `_hf_hook` on a wrapped module sends that component back through align_module_device."""
+    from contextlib import nullcontext
+
+    from transformer_lens.hook_points import HookPoint
+    from transformer_lens.model_bridge.generalized_components import base as tl_base
+
+    called, aligned = [], []
+    fwd = HookPoint.forward
+    monkeypatch.setattr(HookPoint, "forward", lambda self, x: (called.append(self.name), fwd(self, x))[1])
+    monkeypatch.setattr(tl_base, "align_module_device", lambda m: (aligned.append(m), nullcontext())[1])
+    skipped = ["blocks.0.attn.q.hook_in", "blocks.0.attn.q.hook_out", "blocks.0.ln1_post.hook_normalized",
+               "blocks.0.ln1_post.hook_scale"]
+    logits_of(plain)
+    assert set(skipped) <= set(called) and aligned
+    q = plain.blocks[0].attn.q.original_component
+    try:
+        A.use_fast_path(plain)
+        called.clear(), aligned.clear()
+        logits_of(plain)
+        assert not set(skipped) & set(called) and not aligned
+        assert "blocks.0.hook_out" in called  # block-level hook points (hook_resid_post) still run
+        q.__dict__["_hf_hook"] = object()  # what accelerate's add_hook_to_module leaves
+        logits_of(plain)
+        assert aligned == [q]
+    finally:
+        q.__dict__.pop("_hf_hook", None)
+        A.use_hooked_path(plain)
+
+
+@pytest.mark.parametrize("name", SHORTCUT_HOOKS)
+def test_hooks_on_skipped_points_fire_and_edit(model, plain, name):
+    """A hook attached to a point a shortcut skips takes the original path: it fires and its edit counts, equal
+    to the same edit on the bridge with every lever off (native attention on `model`: to kernel rounding)."""
+    fired = []
+
+    def watch(x, hook):
+        fired.append(hook.name)
+
+    def edit(x, hook):  # additive: a rescaling would vanish in the RMS norms OLMo-2 puts after q and the MLP
+        return x + 0.5
+
+    base = logits_of(model)
+    assert torch.equal(logits_of(model, [(name, watch)]), base) and fired == [name]
+    edited, ref = logits_of(model, [(name, edit)]), logits_of(plain, [(name, edit)])
+    assert float((edited - base).abs().max()) > 1e-3
+    assert float((edited - ref).abs().max()) < TOL
+    try:
+        A.use_fast_path(plain)
+        assert torch.equal(logits_of(plain, [(name, edit)]), ref)  # bridge attention: exact
+    finally:
+        A.use_hooked_path(plain)
+
+
+def test_a_raw_torch_hook_on_a_hook_point_still_fires(model):
+    hp = model.hook_dict["blocks.0.attn.q.hook_out"]
+    seen = []
+    h = hp.register_forward_hook(lambda mod, args, out: seen.append(out.shape))
+    try:
+        logits_of(model)
+    finally:
+        h.remove()
+    assert seen
+
+
+# ---- native attention -------------------------------------------------------------------------------------------
+def test_native_attention_switches_both_ways(plain):
+    ref = logits_of(plain)
+    pattern = "blocks.0.attn.hook_pattern"
+    fired = []
+
+    def watch(x, hook):
+        fired.append(hook.name)
+
+    try:
+        assert A.use_native_attention(plain) == int(plain.cfg.n_layers)
+        assert A.attention_mode(plain) == model_info(plain)["attention"] == "sdpa"
+        native = logits_of(plain, [(pattern, watch)])
+        assert not fired  # the attention-internal hooks are what native attention gives up
+        assert float((native - ref).abs().max()) < TOL
+    finally:
+        assert A.use_bridge_attention(plain) == int(plain.cfg.n_layers)
+    assert A.attention_mode(plain) == "bridge"
+    assert torch.equal(logits_of(plain, [(pattern, watch)]), ref) and fired == [pattern]
+
+
+def test_bf16_native_equals_hf_sdpa_bf16_exactly():
+    """bf16 with native attention: HF's attention casts the rotated q/k itself (the bridge's rotary fix is for its
+    own re-implementation); the bridge reproduces HF's sdpa bf16 forward bit for bit."""
+    from transformers import AutoModelForCausalLM
+
+    m = load_model(device="cpu", dtype="bfloat16")
+    hf = AutoModelForCausalLM.from_pretrained(EMBEDDED_MODEL, dtype=torch.bfloat16, attn_implementation="sdpa").eval()
+    assert model_info(m)["attention"] == "sdpa"
+    with torch.no_grad():
+        ours, ref = m(IDS), hf(IDS, attention_mask=torch.ones_like(IDS)).logits
+    assert ours.dtype == torch.bfloat16 and torch.equal(ours, ref)
