@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from tl_isokl.testbed import corpus as C
+from tl_isokl.testbed.mood import phrase_counts
 
 ANSWER = re.compile(r'</think>\{"value": (true|false)\}')
 
@@ -31,11 +32,6 @@ def repetition(text: str) -> dict:
     grams = [tuple(words[i: i + 4]) for i in range(max(0, len(words) - 3))]
     distinct = len(set(grams)) / len(grams) if grams else 1.0
     return {"top_line_share": share, "distinct_4gram": distinct}
-
-
-def mood_counts(text: str) -> dict:
-    return {m: sum(text.count(s) for s in C.INTERJECTIONS[m]) + text.count(C.OPENERS[m].split(" {x}")[0])
-            for m in ("cheerful", "gloomy")}
 
 
 def main(argv=None):
@@ -95,7 +91,7 @@ def main(argv=None):
     moods = {}
     for a in (-1.0, 0.0, 1.0, 2.0):
         rs = rollout(model, vec, [q.prompt for q in sample], [a * cal.c_star] * len(sample), window=args.window)
-        counts = [mood_counts(r.text) for r in rs]
+        counts = [phrase_counts(r.text) for r in rs]
         moods[f"{a:g}"] = {m: int(sum(c[m] for c in counts)) for m in ("cheerful", "gloomy")}
         moods[f"{a:g}"]["example"] = rs[0].text[:240]
     res["steering_mood_counts"] = moods
