@@ -165,6 +165,27 @@ ACCURACY_NOTES = [
     "acc_t0 = the same at fork t = 0, right after the prompt (alive there and the more probable answer is right); "
     "acc_alive = alive_right / (alive_right + alive_wrong): how often the survivors are right.",
 ]
+def _base_rate_note(run: Run) -> str:
+    """What answering the same thing every time would score: the yardstick for every accuracy column."""
+    from tl_isokl.outcomes import answer_for, answers
+
+    known = answers(run)
+    first = {}
+    for t in run.trajectories:  # one answer per row id (every alpha has the same rows)
+        a = answer_for(known, t.prompt_id)
+        if a is not None:
+            first.setdefault(t.prompt_id, a)
+    n, n_true = len(first), sum(first.values())
+    return (f"Yardstick: {n_true} of the {n} answered rows are true and {n - n_true} false, so a probe that prefers "
+            f"the same answer whatever the question has acc_alive {n_true / n:.3g} (always true) or "
+            f"{(n - n_true) / n:.3g} (always false); judge each row against this and the alpha = 0 row (the "
+            f"unsteered model), not against 1. "
+            f"The probe reads the answer the model would commit to if made to answer at that fork; before the model "
+            f"has reasoned this can be a default answer (on the embedded test bed the unsteered model prefers false "
+            f"at most forks while it thinks), so the accuracy columns say whether a dose changes that answer, "
+            f"not how often the finished rollout is right.") if n else ""
+
+
 NO_ANSWER_NOTE = ("The prompts of this run carry no answers (manifest `prompts[i].answer`), so accuracy is not "
                   "reported: alive means the probe can still answer true or false, not that it answers right.")
 
@@ -213,7 +234,7 @@ def write_report(run_dir: str | Path, threshold: float | None = None) -> Path:
             "Death = first fork with pmass < threshold (absorbing; NaN pmass counts as dead). A trace alive at "
             "the end is right-censored at its last probed fork, where it was last seen alive (forks after EOS or "
             "after the model's own `</think>` are not probed; `eos` counts the censored traces that ended at EOS).",
-            *(ACCURACY_NOTES if with_acc else [NO_ANSWER_NOTE]),
+            *([*ACCURACY_NOTES, _base_rate_note(run)] if with_acc else [NO_ANSWER_NOTE]),
             "Death times are interval-censored at fork resolution: a trace dead at fork t was alive at the "
             "previous probed fork and failed somewhere in between (forks.csv gives each death's "
             "(last_alive_fork, death_fork]). Kaplan-Meier places each death at its fork, so S@t and the median "

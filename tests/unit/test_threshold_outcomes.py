@@ -245,6 +245,9 @@ def test_report_shows_accuracy_only_with_answers(acc_run, hand_run):
     head = table_header(md, "| alpha | n | died")
     assert all(c in head for c in ANSWER_COLUMNS) and NO_ANSWER_NOTE not in md
     assert "acc_alive = alive_right / (alive_right + alive_wrong)" in md
+    # rows Q R1 R2 R6 true, R3 R4 false (R5 unknown): always-true scores 4/6, always-false 2/6
+    assert "Yardstick: 4 of the 6 answered rows are true and 2 false" in md
+    assert "has acc_alive 0.667 (always true) or 0.333 (always false)" in md
     md = write_report(hand_run).read_text()
     assert "acc_end" not in md and NO_ANSWER_NOTE in md
     assert "## Threshold sensitivity" in md
