@@ -28,9 +28,9 @@ and a run with no finite p_true at all gets no accuracy columns.
 What the probe's answer means: it is the answer the model would commit to if made to answer at that fork. Before
 the model has reasoned that can be a default: on the embedded test bed the *unsteered* model prefers false at most
 forks while it thinks (on 12 held-out questions P(true) was mostly 0.05-0.4 mid-thinking, true questions included;
-it decides at its own "Answer" line),
-so its accuracy there is about the share of false answers, like alpha = 2's. Judge accuracy against the alpha = 0
-row and the always-true / always-false yardstick (the report prints both), not against 1.
+it decides at its own "Answer" line), so its accuracy there is about the share of false answers, like alpha = 2's.
+Judge accuracy against the alpha = 0 row and the always-true / always-false yardstick (the report prints both),
+not against 1.
 
 Answers come from the manifest: ``manifest["prompts"][i]["answer"]`` (true, false, or null / absent = unknown).
 Rows of sampled runs are named "<id>#<k>"; their answer is the "<id>#<k>" entry's, else the "<id>" entry's. A run
