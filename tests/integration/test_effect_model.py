@@ -4,14 +4,15 @@ The test bed writes a mood only through corpus phrases, so `tl_isokl.testbed.moo
 of how cheerful or gloomy a text is. Steering with the cheerful-gloomy mean-diff vector at doses from -2 to +2 x
 c* (c* = 1.34, the model card's calibrated dose) on 12 held-out prompts, window 64, the concept score (the base
 model's layer-3 residual over the generated tokens, on the unit mean-diff axis, relative to alpha 0, in units of
-the concept's separation) must rank the traces like the ground-truth mood shift (Spearman >= 0.7; measured 0.83)
-and split cheerful from gloomy steering by sign. The null, a seeded random direction of the same norm (the
-`random` extractor), must buy no concept effect at +-1 x c* (CI covers 0).
+the concept's separation) must rank the traces like the ground-truth mood shift (Spearman >= 0.7; measured 0.81
+over the 72 steered traces) and split cheerful from gloomy steering by sign. The null, a seeded random direction of
+the same norm (the `random` extractor), must buy no concept effect at +-1 x c* (CI covers 0).
 
-Measured when written (12 prompts; effect mean [95% bootstrap CI]):
-    mean_diff  -2c* -0.040  -1c* -0.056 [-0.086, -0.025]  -0.5c* -0.018  +0.5c* +0.020  +1c* +0.049 [0.004, 0.109]
-               +2c* +0.180 [0.120, 0.239]
+Measured when written (12 prompts; concept effect mean [95% bootstrap CI], separation |v| = 20.36 at layer 3):
+    mean_diff  -2c* -0.049 [-0.104, 0.007]  -1c* -0.056 [-0.086, -0.025]  -0.5c* -0.018 [-0.045, 0.000]
+               +0.5c* +0.020 [-0.006, 0.051]  +1c* +0.049 [0.005, 0.110]  +2c* +0.175 [0.116, 0.234]
     random     -1c* -0.001 [-0.003, 0.001]   +1c* +0.008 [-0.006, 0.023]
+At -2c* the text is mostly broken (survival 0.25 at 2c*): gloomy steering there reads no gloomier than at -1c*.
 """
 
 import numpy as np
