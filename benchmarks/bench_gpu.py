@@ -3,18 +3,19 @@
     python benchmarks/bench_gpu.py                         # GPU: 16 layers, d 2048, vocab 100352, bf16, window 4096,
                                                            # 24 prompts x 8 alphas, EOS never produced
     python benchmarks/bench_gpu.py --max-cells 2           # time 2 of the 8 alpha cells and extrapolate (short GPU lease)
-    python benchmarks/bench_gpu.py --native-attention      # same, with the native-attention prototype (HF sdpa)
+    python benchmarks/bench_gpu.py --no-native-attention --no-fastpath   # TransformerLens's own bridge path
     python benchmarks/bench_gpu.py --batch-alphas          # roll out every alpha's rows in one decode batch
-    python benchmarks/bench_gpu.py --fastpath --grow-cache # the other two prototypes (bridge fast path, copy-free cache)
+    python benchmarks/bench_gpu.py --grow-cache            # rollouts through tl_isokl.acceleration.growing_cache
     python benchmarks/bench_gpu.py --tiny                  # 2 layers, d 64, window 32, 3 prompts, CPU: seconds (smoked)
 
 No download: the model is `transformers.Olmo2Config` at OLMo-2-0425-1B's shape (16 layers, d_model 2048, 16 heads,
 MLP 8192, vocab 100352, RoPE theta 5e5; context raised to window + 512 so a 4096-token window fits after the prompt),
 initialised at random on the target device, saved with `save_pretrained` into a temporary folder with the
 test bed's tokenizer files (995 tokens; the embedding is padded to 100352 rows, ids past the tokenizer decode to
-nothing), and loaded through `tl_isokl.load_model` like any local folder. EOS is disabled by construction: the
-lm_head rows of the EOS ids are zero, so EOS's logit is exactly 0 while the greedy winner among ~100k random
-logits is always positive; every row runs the whole window (checked and printed).
+nothing), and loaded through `tl_isokl.load_model` like any local folder, with its defaults (native attention and
+the bridge fast path of `tl_isokl.acceleration`; `--no-native-attention` / `--no-fastpath` switch them off). EOS
+is disabled by construction: the lm_head rows of the EOS ids are zero, so EOS's logit is exactly 0 while the greedy
+winner among ~100k random logits is always positive; every row runs the whole window (checked and printed).
 
 Stages, per alpha cell (what `tl_isokl.sweep.run_cell` does): rollout (batch 32), per-token KL (teacher-forced,
 batch 32 rows = 64 sequences; halved on CUDA out-of-memory, and said so), fork probe (packed, batch 8). Optional
@@ -178,6 +179,7 @@ def run(args) -> dict:
 
     torch.set_num_threads(args.threads)
     import tl_isokl as ik
+    from tl_isokl.model import model_info
     from tl_isokl.probe import PREFILL
     from tl_isokl.rollout import grid
     from tl_isokl.tokens import encode
@@ -197,19 +199,12 @@ def run(args) -> dict:
     notes: list[str] = []
     try:
         t0 = time.perf_counter()
-        model = ik.load_model(str(folder), device=args.device, dtype=args.dtype)
+        model = ik.load_model(str(folder), device=args.device, dtype=args.dtype,
+                              native_attention=args.native_attention, fast_path=args.fastpath)
         load_s = time.perf_counter() - t0
         sys.path.insert(0, str(HERE))
-        if args.native_attention:
-            from native_attention import enable_native_attention
-
-            enable_native_attention(model)
-        if args.fastpath:
-            from bridge_fastpath import enable_fastpath
-
-            enable_fastpath()
         if args.grow_cache:
-            from prealloc_cache import patched_dynamic_cache
+            from investigate_speed import patched_dynamic_cache
 
             cache_ctx = patched_dynamic_cache()
             cache_ctx.__enter__()
@@ -226,7 +221,8 @@ def run(args) -> dict:
         res = {"device": _device_name(args.device), "dtype": args.dtype, "shape": args.shape,
                "params": pc, "window": args.window, "prompts": len(prompts), "alphas": alphas,
                "cells_timed": len(cells), "native_attention": bool(args.native_attention),
-               "fastpath": bool(args.fastpath), "grow_cache": bool(args.grow_cache),
+               "attention": model_info(model)["attention"], "fastpath": model_info(model)["fast_path"],
+               "grow_cache": bool(args.grow_cache),
                "batch_alphas": bool(args.batch_alphas), "build_s": build_s, "load_s": load_s,
                "bandwidth": args.bandwidth, "peak_flops": args.peak_flops, "stages": {}, "notes": notes}
         st = {k: {"seconds": 0.0, "floor": 0.0, "tokens": 0, "peak_gb": 0.0} for k in ("rollout", "kl", "probe")}
@@ -327,10 +323,6 @@ def run(args) -> dict:
         res["peak_gb"] = max(v["peak_gb"] for v in st.values())
         return res
     finally:
-        if args.fastpath:
-            from bridge_fastpath import disable_fastpath
-
-            disable_fastpath()
         if args.grow_cache and "cache_ctx" in locals():
             cache_ctx.__exit__(None, None, None)
         if tmp and not args.keep:
@@ -358,7 +350,8 @@ def report(res: dict) -> str:
     L = [f"{res['device']}; model {res['shape']} ({pc['non_embedding'] / 1e9:.3g} B non-embedding + "
          f"{(pc['lm_head'] + pc['embedding']) / 1e9:.3g} B embedding/head params), {res['dtype']} weights, fp32 "
          f"log-softmax; window {res['window']}; {res['prompts']} prompts x {len(res['alphas'])} alphas; attention "
-         f"{'native sdpa (prototype)' if res['native_attention'] else 'bridge eager (library default)'}"
+         f"{res.get('attention', 'bridge')}"
+         f" ({'TransformerLens eager' if res.get('attention', 'bridge') == 'bridge' else 'HF kernel'})"
          f"{'; bridge fast path' if res.get('fastpath') else ''}{'; copy-free KV cache' if res.get('grow_cache') else ''}"
          f"; rollouts "
          f"{'all alphas in one batch' if res['batch_alphas'] else 'one alpha cell at a time'}",
@@ -406,9 +399,11 @@ def parse(argv=None):
     ap.add_argument("--kl-batch", type=int, default=32)
     ap.add_argument("--probe-batch", type=int, default=8)
     ap.add_argument("--batch-alphas", action="store_true", help="all alphas' rollouts in one decode batch")
-    ap.add_argument("--native-attention", action="store_true", help="benchmarks/native_attention.py prototype")
-    ap.add_argument("--fastpath", action="store_true", help="benchmarks/bridge_fastpath.py prototype")
-    ap.add_argument("--grow-cache", action="store_true", help="benchmarks/prealloc_cache.py prototype (no per-step cat)")
+    ap.add_argument("--native-attention", action=argparse.BooleanOptionalAction, default=True,
+                    help="HF's attention kernel under the bridge (load_model's default)")
+    ap.add_argument("--fastpath", action=argparse.BooleanOptionalAction, default=True,
+                    help="the bridge fast path (load_model's default)")
+    ap.add_argument("--grow-cache", action="store_true", help="rollouts through acceleration.growing_cache()")
     ap.add_argument("--bandwidth", type=float, default=4.8e12, help="bytes/s (H200 HBM3e: 4.8e12)")
     ap.add_argument("--peak-flops", type=float, default=989e12, help="FLOP/s (H200 bf16 dense: ~989e12)")
     ap.add_argument("--threads", type=int, default=1)

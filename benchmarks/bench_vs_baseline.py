@@ -7,7 +7,9 @@
 
 Each side runs in its own subprocess (one after the other, never concurrently), so its peak RSS (ru_maxrss) is
 its own; `--inprocess` runs both in this process instead (peak RSS is then shared and only deltas mean
-anything). Both sides load the embedded model and extract the same mean-diff vector (not timed), then:
+anything). Both sides load the embedded model and extract the same mean-diff vector (not timed); the baseline then
+runs the bridge as TransformerLens ships it (tl_isokl.acceleration's levers off: its re-implemented eager attention,
+every component's full call path), tl-isokl with `load_model`'s defaults (native attention, bridge fast path):
 
     calibration   c* with p95 of pooled per-token KL = 1 nat (+-5% relative) over the calibration prompts
     rollouts      greedy rollouts of every held-out prompt at every alpha x c*
@@ -129,14 +131,13 @@ def run_tl_isokl(model, vector, cal_prompts, heldout, alphas, window, mark=None)
 # ------------------------------------------------------------------------------------------------ CPU floor
 def raw_hf_throughput(model, window: int, rows: int = 128, tf_rows: int = 32) -> dict:
     """Best one-thread throughput of the raw HF model (no bridge, sdpa): greedy decode of `rows` rows for `window`
-    steps (HF DynamicCache and the copy-free cache of prealloc_cache.py; the better one), and teacher-forced
+    steps (HF DynamicCache and tl_isokl.acceleration.growing_cache; the better one), and teacher-forced
     tokens/s over `tf_rows` sequences of prompt + window tokens (logits of the last position only). CPU time of this
     process (one thread), like the stage columns, so a busy box does not inflate the floor."""
     import torch
     from transformers import AutoModelForCausalLM, DynamicCache
 
-    sys.path.insert(0, str(HERE))
-    from prealloc_cache import growing_cache
+    from tl_isokl.acceleration import growing_cache
     from tl_isokl.tokens import encode, pad_batch, pad_id, position_ids
 
     import tl_isokl as ik
@@ -192,9 +193,22 @@ def cpu_floor(lib: dict, thr: dict, doses: int, prefill_len: int) -> dict:
 
 
 def run_side(side: str, cfg: dict, threads: int = 1, model=None, vector=None) -> dict:
-    """Run one side in this process; returns its result dict with timings, RSS marks and outcomes."""
+    """Run one side in this process; returns its result dict with timings, RSS marks and outcomes. A model handed
+    in is switched to the side's levers for the run and back afterwards."""
+    from tl_isokl.acceleration import accelerate, attention_mode, fast_path_enabled
+
     t_load = time.perf_counter()
     model, vector = setup(threads, model, vector)
+    before = {"native_attention": attention_mode(model) != "bridge", "fast_path": fast_path_enabled(model)}
+    lib = side == "tl_isokl"  # the yardstick stays the straightforward bridge whatever load_model's defaults
+    accelerate(model, native_attention=lib, fast_path=lib)
+    try:
+        return _run_side(side, cfg, threads, model, vector, t_load)
+    finally:
+        accelerate(model, **before)
+
+
+def _run_side(side, cfg, threads, model, vector, t_load) -> dict:
     load_s = time.perf_counter() - t_load
     cal, held = workload(model, cfg["n_cal"], cfg["n_heldout"])
     marks = {"loaded": rss_mb()}

@@ -10,13 +10,15 @@
     python benchmarks/investigate_speed.py all
 
 Times are CPU seconds of this process (time.process_time; one torch thread), which stay steady when other jobs
-share the 2-core box, unlike wall time. Nothing here changes tl_isokl: the native-attention prototype (benchmarks/native_attention.py) is switched on at
-run time on the loaded model only. Numbers are printed; benchmarks/README.md records a run.
+share the 2-core box, unlike wall time. The levers are tl_isokl.acceleration's (native attention, the bridge fast
+path: on by default in `load_model`; the growing KV cache), switched per model by `set_mode`; "eager" rows are the
+bridge as TransformerLens ships it (both levers off). Numbers are printed; benchmarks/README.md records a run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import json
 import os
@@ -81,12 +83,26 @@ def run_cell(model, vec, P, C, I, window, roll_batch=32, kl_batch=32, probe_batc
 
 
 def set_mode(model, native: bool, fast: bool) -> None:
-    """Switch the two runtime prototypes: native attention (per model) and the bridge fast path (per process)."""
-    from bridge_fastpath import disable_fastpath, enable_fastpath
-    from native_attention import disable_native_attention, enable_native_attention
+    """Switch tl_isokl.acceleration's two levers on this model: native attention and the bridge fast path."""
+    from tl_isokl.acceleration import accelerate
 
-    (enable_native_attention if native else disable_native_attention)(model)
-    (enable_fastpath if fast else disable_fastpath)()
+    accelerate(model, native_attention=native, fast_path=fast)
+
+
+@contextlib.contextmanager
+def patched_dynamic_cache():
+    """Inside the block `from transformers import DynamicCache` yields tl_isokl.acceleration.growing_cache() (how
+    the unmodified tl_isokl.rollout runs with it; rollout imports DynamicCache at call time)."""
+    import transformers
+
+    from tl_isokl.acceleration import growing_cache
+
+    orig = transformers.DynamicCache
+    transformers.DynamicCache = lambda *a, **k: growing_cache()
+    try:
+        yield
+    finally:
+        transformers.DynamicCache = orig
 
 
 MODES = (("eager", False, False), ("native", True, False), ("native+fast", True, True))
@@ -168,8 +184,8 @@ def cmd_profile(args):
     prof["probe"] = (pr, time.process_time() - t0)
     ntok = sum(r.length for r in rolls)
     print(f"profile: one alpha-1 cell, {args.rows} rows, window {args.window}, {ntok} generated tokens, "
-          f"attention {'native sdpa (prototype)' if args.native else 'bridge eager (default)'}"
-          f"{', bridge fast path (prototype)' if args.fastpath else ''}; CPU s under cProfile:")
+          f"attention {'native sdpa' if args.native else 'bridge eager (TransformerLens)'}"
+          f"{', bridge fast path' if args.fastpath else ''}; CPU s under cProfile:")
     allstats = None
     for stage, (pr, wall) in prof.items():
         st = pstats.Stats(pr)
@@ -211,11 +227,11 @@ def cmd_native(args):
     import torch
 
     import tl_isokl as ik
-    from native_attention import enable_native_attention
     from tl_isokl.probe import probe_reference
 
     model, vec = setup()
-    print("native attention prototype: AttentionBridge.forward delegation + HF sdpa (see native_attention.py)")
+    set_mode(model, False, False)
+    print("native attention (tl_isokl.acceleration): AttentionBridge.forward delegation + HF sdpa")
     # 1. logits vs HF's own model (loaded separately: the bridge mutates the HF model it wraps)
     from transformers import AutoModelForCausalLM
 
@@ -232,7 +248,7 @@ def cmd_native(args):
     with torch.no_grad():
         ref = {k: m(input_ids=ids, attention_mask=mask, position_ids=pos).logits for k, m in hf.items()}
         br_eager = model.original_model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
-        enable_native_attention(model)
+        set_mode(model, True, False)
         br_native = model.original_model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
     valid = mask.bool()
     gap = lambda a, b: float((a - b)[valid].abs().max())  # noqa: E731
@@ -263,7 +279,7 @@ def cmd_native(args):
         set_mode(model, nat, fast)
         run_cell(model, vec, P[:2], C[:2], I[:2], 8)  # warm-up
         out[name] = run_cell(model, vec, P, C, I, args.window)
-    set_mode(model, False, False)  # references below: the library's default path
+    set_mode(model, False, False)  # references below: the bridge as TransformerLens ships it
     te, re_, ke, pe = out["eager"]
     brute = {name: [baseline.kl_one(model, vec, r.prompt_tokens, r.tokens, r.coeff) for r in o[1][:4]]
              for name, o in out.items()}
@@ -360,7 +376,7 @@ def cmd_overhead(args):
         st = Steering(vec, torch.full((B,), C_STAR))
         steer_ctx = lambda: model.hooks(fwd_hooks=st.fwd_hooks())  # noqa: E731
         r = {"B": B}
-        for name, nat, fast in (("bridge eager (today)", False, False), ("bridge eager + fastpath", False, True),
+        for name, nat, fast in (("bridge eager (levers off)", False, False), ("bridge eager + fastpath", False, True),
                                 ("bridge + HF sdpa", True, False), ("bridge + HF sdpa + fastpath", True, True)):
             set_mode(model, nat, fast)
             r[name] = _decode_steps(model.original_model, ids, mask, steps, steer_ctx())
@@ -407,7 +423,7 @@ def cmd_overhead(args):
     ids, mask = pad_batch(seqs, pad_id(model), side="left")
     ntok = int(mask.sum())
     tf = {}
-    for name, nat, fast in (("bridge eager (today)", False, False), ("bridge eager + fastpath", False, True),
+    for name, nat, fast in (("bridge eager (levers off)", False, False), ("bridge eager + fastpath", False, True),
                             ("bridge + HF sdpa", True, False), ("bridge + HF sdpa + fastpath", True, True)):
         set_mode(model, nat, fast)
         tf[name] = _teacher_forced(model.original_model, ids, mask)
@@ -432,9 +448,8 @@ import transformer_lens; from transformer_lens import TransformerBridge; out["im
 import tl_isokl as ik; out["import tl_isokl"] = rss()
 m = ik.load_model(device="cpu"); out["load_model"] = rss()
 v = ik.extract(m, *ik.default_concepts(m)); out["extract"] = rss()
-if {native!r}:
-    from native_attention import enable_native_attention; enable_native_attention(m)
-    from bridge_fastpath import enable_fastpath; enable_fastpath()
+from tl_isokl.acceleration import accelerate
+accelerate(m, native_attention={native!r}, fast_path={native!r})
 from investigate_speed import cell_rows
 P, C, I = cell_rows(m, {rows})
 stage = {stage!r}
@@ -477,10 +492,7 @@ def cmd_memory(args):
 
 # ------------------------------------------------------------------------------------------------ batching
 def cmd_batching(args):
-    import contextlib
-
     import tl_isokl as ik
-    from prealloc_cache import patched_dynamic_cache
     from tl_isokl.rollout import grid
 
     model, vec = setup()
@@ -488,10 +500,10 @@ def cmd_batching(args):
     alphas = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0)
     P, C, I = grid(prompts[:16], [a * C_STAR for a in alphas], ids[:16])
     print(f"rollout, window {args.window}: 8 alpha cells of 16 rows one cell at a time (the sweep today) vs all 128 "
-          f"rows in one decode batch; prototypes: native = HF sdpa, fast = bridge fast path, grow = KV cache "
-          f"without per-step torch.cat (prealloc_cache.py):")
+          f"rows in one decode batch; tl_isokl.acceleration: native = HF sdpa, fast = bridge fast path, grow = "
+          f"growing_cache (no per-step torch.cat):")
     ref = None
-    for name, native, fast, grow in (("eager (today)", False, False, False), ("eager+fast", False, True, False),
+    for name, native, fast, grow in (("eager (levers off)", False, False, False), ("eager+fast", False, True, False),
                                      ("eager+fast+grow", False, True, True), ("native+fast", True, True, False),
                                      ("native+fast+grow", True, True, True)):
         set_mode(model, native, fast)
@@ -511,21 +523,21 @@ def cmd_batching(args):
         ntok = sum(r.length for r in together)
         same = sum(a.tokens == b.tokens for a, b in zip(ref[0], together))
         print(f"  {name:<17} per cell {t_cells:6.2f} s ({ntok / t_cells:5.0f} tok/s); one batch of 128 {t_all:6.2f} s "
-              f"({ntok / t_all:5.0f} tok/s): {t_cells / t_all:.2f}x over per-cell, {ref[1] / t_all:.2f}x over today; "
-              f"rows token-identical to today {same}/128")
+              f"({ntok / t_all:5.0f} tok/s): {t_cells / t_all:.2f}x over per-cell, {ref[1] / t_all:.2f}x over "
+              f"levers off; rows token-identical to levers off {same}/128")
     set_mode(model, False, False)
 
 
 def cmd_zoo(args):
-    """The native-attention prototype on the 11 tiny random architectures of tests/zoo_models.py: which bridges it
-    switches, and whether logits, rollouts, KL and probes stay equal to the bridge's own attention."""
+    """Native attention on the 11 tiny random architectures of tests/zoo_models.py: which bridges it switches, and
+    whether logits, rollouts, KL and probes stay equal to the bridge's own attention."""
     import tempfile
 
     import numpy as np
     import torch
 
     import tl_isokl as ik
-    from native_attention import choose_implementation, disable_native_attention, enable_native_attention
+    from tl_isokl.acceleration import attention_mode, use_bridge_attention, use_native_attention
     from tl_isokl.tokens import encode, pad_batch, pad_id, position_ids
 
     sys.path.insert(0, str(HERE.parent / "tests"))
@@ -548,7 +560,9 @@ def cmd_zoo(args):
             kinds = sorted({type(b.attn).__name__ for b in m.blocks})
             out = {}
             for native in (False, True):
-                n = enable_native_attention(m) if native else 0
+                use_bridge_attention(m)
+                n = use_native_attention(m) if native else 0
+                impl = attention_mode(m) if n else "-"
                 with torch.no_grad():
                     lg = m.original_model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits
                 rolls = ik.rollout(m, vec, prompts[:4], [1.0] * 4, window=24)
@@ -558,14 +572,12 @@ def cmd_zoo(args):
                 with torch.no_grad(), m.hooks(fwd_hooks=[(vec.hook_name, lambda x, hook: fired.append(1))]):
                     ik.rollout(m, None, prompts[:1], [0.0], window=3)
                 out[native] = (lg, rolls, kls, pr, n, len(fired))
-            disable_native_attention(m)
             (le, re_, ke, pe, _, _), (ln, rn, kn, pn, n, fired) = out[False], out[True]
             lgap = float((le - ln)[mask.bool()].abs().max())
             same = sum(a.tokens == b.tokens for a, b in zip(re_, rn))
             kgap = max((float(np.abs(a - b).max()) for a, b in zip(ke, kn) if len(a) == len(b) and len(a)),
                        default=0.0)
             pgap = max((abs(x.pmass - y.pmass) for a, b in zip(pe, pn) for x, y in zip(a, b)), default=0.0)
-            impl = choose_implementation(m) if n else "-"
             print(f"  {fam:<8} {', '.join(kinds):<34} {n:>8} {impl:>6} {lgap:8.1e} {same:>5}/4 {kgap:8.1e} "
                   f"{pgap:8.1e} {fired:>10} times")
             del m
@@ -577,8 +589,8 @@ def main(argv=None):
     ap.add_argument("--rows", type=int, default=16)
     ap.add_argument("--window", type=int, default=256)
     ap.add_argument("--steps", type=int, default=64, help="decode steps timed by `overhead`")
-    ap.add_argument("--native", action="store_true", help="profile with the native-attention prototype")
-    ap.add_argument("--fastpath", action="store_true", help="profile with the bridge fast-path prototype")
+    ap.add_argument("--native", action="store_true", help="profile with native attention (off: TL's eager)")
+    ap.add_argument("--fastpath", action="store_true", help="profile with the bridge fast path")
     ap.add_argument("--top", type=int, default=0, help="also print the top N functions by tottime")
     args = ap.parse_args(argv)
     todo = ("profile", "native", "zoo", "overhead", "batching", "memory") if args.what == "all" else (args.what,)
