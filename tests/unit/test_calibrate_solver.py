@@ -110,3 +110,172 @@ def test_tolerance_is_relative_to_the_target():
     assert rnd >= 2 and c == pytest.approx(1.0, rel=0.03)
     # the old absolute rule would have stopped after round 1: every first-grid value is within 0.05 nats
     assert all(abs(curve(x) - 0.01) <= 0.05 for x in calls[0][:3])
+
+
+# ---- the sequential solver (candidates=1, calibrate's CPU default): same guarantees, far fewer doses ----------------
+
+import numpy as np  # noqa: E402
+
+from tl_isokl.calibrate import SEQUENTIAL_MAX_ROUNDS, first_crossing  # noqa: E402
+from tl_isokl.errors import IsoKLError  # noqa: E402
+
+
+def seq(curve, **kw):
+    return run(curve, **{"candidates": 1, **kw})
+
+
+def doses(calls):
+    return sum(len(c) for c in calls)
+
+
+def brute_force_band(curve, target=1.0, tol=0.01, lo=1e-3, hi=1e4, n=200_001):
+    """The doses of the *first* upward crossing's branch whose value is within tol: [first dose >= target(1 - tol),
+    first dose > target(1 + tol)), on a dense geometric grid."""
+    cs = np.geomspace(lo, hi, n)
+    vs = np.array([curve(c) for c in cs])
+    first = int(np.argmax(vs >= target))
+    assert vs[first] >= target, "the curve never reaches the target"
+    a = first
+    while a > 0 and vs[a - 1] >= target * (1 - tol):
+        a -= 1
+    b = first
+    while b + 1 < n and vs[b + 1] <= target * (1 + tol) and vs[b + 1] >= vs[b] - 1e-12:
+        b += 1
+    return cs[max(a - 1, 0)], cs[min(b + 1, n - 1)]
+
+
+def steep(c):  # c^2 at low dose, a steep sigmoid-like rise around c = 1.4, a plateau at 6 nats
+    return 0.02 * c * c + 6.0 / (1 + math.exp(-12 * (math.log(c) - math.log(1.4))))
+
+
+def later_branch(c):  # first crossing near 0.95, a dip below the target, a second crossing near 8
+    if c <= 1.5:
+        return 1.1 * c * c
+    return max(0.999 - 0.001 * (c - 4.0) ** 2, 0.0) if c < 6 else 0.2 * c
+
+
+CURVES = {
+    "power law 0.37 c^2": lambda c: 0.37 * c * c,
+    "power law 1e-6 c^2 (root 1000)": lambda c: 1e-6 * c * c,
+    "power law 50 c^2 (root 0.14)": lambda c: 50.0 * c * c,
+    "steep sigmoid-like": steep,
+    "saturating 4c^2/(c^2+9)": lambda c: 4.0 * c * c / (c * c + 9.0),
+    "c^4": lambda c: 0.05 * c ** 4,
+}
+
+
+@pytest.mark.parametrize("name", list(CURVES))
+@pytest.mark.parametrize("c_init", [0.1, 1.0, 10.0])
+def test_sequential_finds_the_brute_force_root_with_few_doses(name, c_init):
+    curve = CURVES[name]
+    rnd, c, ok, calls = seq(curve, c_init=c_init)
+    a, b = brute_force_band(curve)
+    assert ok and abs(curve(c) - 1.0) <= 0.01
+    assert a <= c <= b, (a, c, b)
+    assert all(len(x) == 1 for x in calls) and rnd == len(calls)  # one dose per round
+    assert doses(calls) <= 9, calls
+
+
+def test_sequential_spends_far_fewer_doses_than_the_fan():
+    seq_total = fan_total = 0
+    for curve in CURVES.values():
+        for c_init in (0.1, 0.3, 1.0, 3.0, 10.0):
+            seq_total += doses(seq(curve, c_init=c_init)[3])
+            fan_total += doses(run(curve, c_init=c_init)[3])
+    assert seq_total * 2.5 <= fan_total, (seq_total, fan_total)
+
+
+def test_sequential_power_law_brackets_with_the_quadratic_law_in_two_doses():
+    # 0.37 c^2 from c_init = 1: the c^2 extrapolation aims at 1.5 x target, the log-log secant is then exact
+    rnd, c, ok, calls = seq(lambda c: 0.37 * c * c)
+    assert calls[0] == [1.0] and calls[1][0] == pytest.approx(math.sqrt(1.5 / 0.37))
+    assert ok and rnd == 3 and c == pytest.approx(1 / math.sqrt(0.37), rel=1e-9)
+
+
+def test_sequential_non_monotone_curve_picks_the_first_crossing_not_a_later_branch():
+    for c_init in (0.1, 1.0, 1.4):  # below it, just above it, on the way down from it
+        rnd, c, ok, calls = seq(later_branch, c_init=c_init, tol=0.01)
+        assert ok and c == pytest.approx(math.sqrt(1 / 1.1), rel=0.01), (c_init, calls)
+
+
+def test_sequential_starting_inside_a_dip_past_the_first_crossing_cannot_see_it():
+    """The documented difference: the fan's first grid reaches c_init / 16, the sequential search starts at
+    c_init. From the dip (c_init = 4: 0.999 - within 1% of the target - sits on a later branch), the fan returns
+    the first crossing; the sequential search returns the dip point, which is within tolerance of its sampled
+    curve. Neither returns a point outside the tolerance."""
+    rnd, c, ok, _ = run(later_branch, c_init=4.0, tol=0.01)
+    assert ok and c == pytest.approx(math.sqrt(1 / 1.1), rel=0.01)
+    rnd, c, ok, _ = seq(later_branch, c_init=4.0, tol=0.01)
+    assert ok and c == 4.0 and abs(later_branch(c) - 1) <= 0.01
+
+
+def test_sequential_unreachable_target_raises_with_closest_values():
+    with pytest.raises(CalibrationError, match=r"never reached 1.0 nats up to c_max=100.*c=100 -> stat=0.5"):
+        seq(lambda c: 0.5 * (1 - math.exp(-c)), c_max=100.0)
+    with pytest.raises(CalibrationError, match=r"already above 1.0 nats at c_min=0.001.*c=0.001 -> stat=5"):
+        seq(lambda c: 5.0 + c, c_min=1e-3)
+
+
+def test_sequential_reaches_c_max_within_its_budget_on_a_flat_curve():
+    # from c_init = 1 to c_max = 1e4 on a plateau: x2.2 (the c^2 law from one point), then the measured slope 0
+    # is clamped to 0.5 and every step is the largest (x8): 7 doses, well inside the 16-dose budget
+    calls = []
+
+    def evaluate(cs, r):
+        calls.append(cs)
+        return [0.3 for _ in cs]
+
+    with pytest.raises(CalibrationError, match="never reached 1.0 nats up to c_max=10000"):
+        solve(evaluate, target=1.0, tol=0.01, candidates=1, c_max=1e4)
+    assert len(calls) == 7 and calls[-1] == [1e4]
+
+
+def test_sequential_lowest_dose_above_target_moves_down():
+    curve = lambda c: 40.0 * c * c if c < 0.5 else 0.5  # noqa: E731  first crossing at c = sqrt(1/40) = 0.158
+    rnd, c, ok, calls = seq(curve, c_init=0.4)  # 0.4 -> 6.4: above the target; the search moves down
+    assert ok and c == pytest.approx(math.sqrt(1 / 40), rel=0.01) and doses(calls) <= 6
+
+
+def test_sequential_nan_values_are_never_returned_and_cap_the_search():
+    nan = float("nan")
+    # NaN beyond c = 3 (a blow-up at large doses); root at 2 (0.25 c^2)
+    curve = lambda c: 0.25 * c * c if c <= 3 else nan  # noqa: E731
+    for c_init in (0.1, 1.0, 10.0):
+        rnd, c, ok, calls = seq(curve, c_init=c_init)
+        assert ok and c == pytest.approx(2.0, rel=0.01) and doses(calls) <= 9, (c_init, calls)
+    # NaN at every dose: an error naming the statistic, never a dose
+    with pytest.raises(CalibrationError, match="never finite"):
+        seq(lambda c: nan)
+    # NaN at isolated doses near the root: skipped, the crossing is still found
+    rnd, c, ok, calls = seq(lambda c: nan if 1.5 < c < 1.7 else 0.25 * c * c, c_init=1.0)
+    assert ok and c == pytest.approx(2.0, rel=0.01)
+
+
+def test_sequential_step_curve_does_not_converge_and_says_so():
+    with pytest.warns(IsoKLWarning, match="did not reach"):
+        rnd, c, ok, calls = seq(lambda c: 0.5 if c < 1.3 else 1.5)
+    assert not ok and rnd == SEQUENTIAL_MAX_ROUNDS == len(calls)
+    assert c in (max(x[0] for x in calls if x[0] < 1.3), min(x[0] for x in calls if x[0] >= 1.3))
+    # the bracket closed in on the step (bisection guard): the last doses straddle 1.3 within 0.1%
+    lo, hi = first_crossing({x[0]: (0.5 if x[0] < 1.3 else 1.5) for x in calls}, 1.0)
+    assert hi[0] / lo[0] < 1.001
+
+
+def test_sequential_tolerance_is_relative():
+    rnd, c, ok = solve(lambda cs, r: [0.01 * x * x for x in cs], target=0.01, tol=0.05, c_init=1.2530,
+                       candidates=1)
+    assert ok and abs(0.01 * c * c - 0.01) <= 0.05 * 0.01 and rnd >= 2
+
+
+def test_sequential_zero_values_at_low_doses_still_bracket():
+    # nothing measurable below c = 0.5 (e.g. a hard gate that never opens), then 0.5 (c - 0.5)^2 ... root at 1.914
+    curve = lambda c: 0.0 if c <= 0.5 else 0.5 * (c - 0.5) ** 2  # noqa: E731
+    rnd, c, ok, calls = seq(curve, c_init=0.1)
+    assert ok and c == pytest.approx(0.5 + math.sqrt(2), rel=0.01) and doses(calls) <= 10
+
+
+def test_bad_candidates_and_rounds_are_refused():
+    with pytest.raises(IsoKLError, match="candidates"):
+        seq(lambda c: c, candidates=0)
+    with pytest.raises(IsoKLError, match="max_rounds"):
+        seq(lambda c: c, max_rounds=0)
