@@ -160,6 +160,18 @@ def model_vector(model, s: ExperimentSettings, file_vec=None):
     return vec
 
 
+def concept_readout(model, s: ExperimentSettings, vec):
+    """The ruler of the concept effect (`tl_isokl.effect.ConceptAxis`): the mean-diff axis of the concept's
+    contrastive sets at the vector's layer, read at the positions the vector was extracted from, whatever the
+    method (so every spec of a comparison is judged on the same axis)."""
+    from tl_isokl.effect import concept_axis
+    from tl_isokl.prompt_sets import default_concepts
+
+    pos, neg = default_concepts(model, *concept_names(s.concept))
+    return concept_axis(model, pos, neg, layer=vec.layer, token=str(vec.meta.get("token", "last")),
+                        batch_size=min(s.batch_size, 16))
+
+
 def load(s: ExperimentSettings, echo: Echo = _quiet):
     import torch
 
@@ -332,9 +344,11 @@ def _explicit_fix(s: ExperimentSettings) -> str:
 
 def run_sweep_experiment(s: ExperimentSettings, *, echo: Echo = _quiet, warn: Echo = _quiet,
                          on_round: Callable | None = None, cal_progress: Callable | None = None,
-                         progress: Callable | None = None, before_cells: Callable[[], None] | None = None):
+                         progress: Callable | None = None, before_cells: Callable[[], None] | None = None,
+                         model=None):
     """`tl-isokl sweep`: calibrate unless a calibration is given or found, sweep alpha, write tables, figures and
-    the report; returns the loaded `Run`. Rerunning with the same settings resumes."""
+    the report; returns the loaded `Run`. Rerunning with the same settings resumes. `model`: an already loaded
+    model for `s.model` (compare runs many specs on one load); loaded here when None."""
     from tl_isokl.files import atomic_write_json, read_json
     from tl_isokl.identity import (FIX_RUN, calibration_identity, check_calibration, check_converged,
                                    heldout_transfer, transfer_message)
@@ -370,7 +384,7 @@ def run_sweep_experiment(s: ExperimentSettings, *, echo: Echo = _quiet, warn: Ec
     state = open_run(out, fresh=s.fresh, explicit_calibration=ext_cal is not None)
     rd = state.rd
 
-    model = load(s, echo)
+    model = load(s, echo) if model is None else model
     vec = resolve_vector(state, model_vector(model, s, file_vec), extracted=file_vec is None)
     cids, cprompts, cframing = prompt_set(model, s.calibration_prompts, "calibration", s.chat_template)
     ids, prompts, hframing = prompt_set(model, s.heldout_prompts, "heldout", s.chat_template)
@@ -411,10 +425,14 @@ def run_sweep_experiment(s: ExperimentSettings, *, echo: Echo = _quiet, warn: Ec
     echo(f"sweeping {len(alphas)} alphas x {len(prompts)} held-out prompts, window {s.window} -> {out}")
     if before_cells is not None:
         before_cells()
-    run = sweep(model, vec, cal, prompts, out, prompt_ids=ids, alphas=alphas, window=s.window,
+    from tl_isokl.prompt_sets import prompt_answers
+
+    answers = prompt_answers(model, s.heldout_prompts, "heldout")
+    readout = concept_readout(model, s, vec) if file_vec is None else None
+    run = sweep(model, vec, cal, prompts, out, prompt_ids=ids, answers=answers, alphas=alphas, window=s.window,
                 threshold=s.threshold, spec=probe, schedule=s.schedule, positions=s.positions,
                 batch_size=s.batch_size, sampling=s.sampling(), samples_per_prompt=s.samples_per_prompt,
-                calibration_neg=cal_neg,
+                calibration_neg=cal_neg, readout=readout,
                 seed=s.seed, progress=progress, allow_unconverged=s.allow_unconverged,
                 allow_other_model=s.allow_other_model,
                 manifest_extra={"calibration_source": str(Path(s.calibration_path).resolve()) if s.calibration_path

@@ -15,7 +15,7 @@ c = 0, so their KL is exactly 0), and with `final=` (the steered final residuals
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -44,7 +44,8 @@ def per_token_kl(
     positions: str = "all",
     progress: Callable[[int], None] | None = None,
     final: Sequence[torch.Tensor | None] | None = None,
-) -> list[np.ndarray]:
+    readout: Any = None,
+) -> list[np.ndarray] | tuple[list[np.ndarray], list[np.ndarray]]:
     """Per-token KL for each rollout: a float32 array of len(rollout.tokens) (empty for an empty rollout).
 
     Exactly 0 for rows at coefficient 0 (not computed: the hook is the identity there, so the steered and base
@@ -54,47 +55,74 @@ def per_token_kl(
         final: per rollout, the steered final-block residual at each generated token's position
             (`rollout(..., return_final=True)`); the steered log-probabilities then come from it through the head,
             and only the base pass is run. Without it (or for a row whose entry is None) both passes are run.
+        readout: a `tl_isokl.effect.ConceptAxis`: also return, per rollout, the *base* model's residual at the
+            axis's layer projected on it at each generated token (how the unsteered model reads the steered text),
+            from the same base pass; rows at coefficient 0 are then run too (base pass only), since they are the
+            reference the effect is measured against. Returns (kls, projections).
     """
     if final is not None and len(final) != len(rollouts):
         raise ValueError(f"final has {len(final)} entries for {len(rollouts)} rollouts")
     out: list[np.ndarray | None] = [None] * len(rollouts)
-    todo = []
+    proj: list[np.ndarray] = [np.zeros(0, np.float32) for _ in rollouts]
+    todo, base_only = [], []
     for i, r in enumerate(rollouts):
         if r.coeff == 0.0 or not r.tokens:
             out[i] = np.zeros(len(r.tokens), np.float32)
+            if readout is not None and r.tokens:
+                base_only.append(i)
         else:
             todo.append(i)
-    if progress is not None and len(todo) < len(rollouts):
-        progress(len(rollouts) - len(todo))
+    skipped = len(rollouts) - len(todo) - len(base_only)
+    if progress is not None and skipped:
+        progress(skipped)
     have = [i for i in todo if final is not None and final[i] is not None]
     both = [i for i in todo if not (final is not None and final[i] is not None)]
-    for group, stored in ((have, True), (both, False)):
+    for group, mode in ((have, "final"), (both, "both"), (base_only, "base")):
         for b0 in range(0, len(group), batch_size):
             idx = group[b0: b0 + batch_size]
-            kls = _kl_batch(model, vector, [rollouts[i] for i in idx], positions,
-                            [final[i] for i in idx] if stored else None)  # type: ignore[index]
-            for i, k in zip(idx, kls):
-                out[i] = k
+            kls, ps = _kl_batch(model, vector, [rollouts[i] for i in idx], positions,
+                                [final[i] for i in idx] if mode == "final" else None,  # type: ignore[index]
+                                readout, base_only=mode == "base")
+            for k, i in enumerate(idx):
+                if mode != "base":
+                    out[i] = kls[k]
+                if ps is not None:
+                    proj[i] = ps[k]
             if progress is not None:
                 progress(len(idx))
+    if readout is not None:
+        return out, proj  # type: ignore[return-value]
     return out  # type: ignore[return-value]
 
 
-def _kl_batch(model, vector, rows: Sequence[Rollout], positions: str,
-              final: Sequence[torch.Tensor] | None) -> list[np.ndarray]:
-    """KL of one batch of rows: base copies only when `final` is given, steered + base copies otherwise."""
+def _kl_batch(model, vector, rows: Sequence[Rollout], positions: str, final: Sequence[torch.Tensor] | None,
+              readout: Any = None, base_only: bool = False) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+    """KL (and base-model projections on `readout`) of one batch of rows: base copies only when `final` is given
+    or `base_only` (no KL then), steered + base copies otherwise."""
     R = len(rows)
     seqs = [r.prompt_tokens + r.tokens for r in rows]
-    both = final is None
+    both = final is None and not base_only
     ids, mask = pad_batch(seqs + seqs if both else seqs, pad_id(model), side="left")
     T = ids.shape[1]
     offsets = [T - len(s) for s in seqs]
-    hooks = []
+    gen_starts = [o + len(r.prompt_tokens) for o, r in zip(offsets, rows)]
+    hooks: list = []
+    recorder = None
+    if readout is not None:
+        from tl_isokl.effect import ProjectionRecorder
+
+        recorder = ProjectionRecorder(readout)
+        hooks += recorder.fwd_hooks()  # first: reads the residual before a steering hook at the same layer
     if both:
-        starts = [o + len(r.prompt_tokens) for o, r in zip(offsets, rows)] * 2
-        hooks = steering_hooks(vector, [r.coeff for r in rows] + [0.0] * R, positions=positions, start=starts)
+        hooks += steering_hooks(vector, [r.coeff for r in rows] + [0.0] * R, positions=positions,
+                                start=gen_starts * 2)
     resid = next(iter(resid_post(model, ids, attention_mask=mask, position_ids=position_ids(mask),
                                  hooks=hooks).values()))
+    proj = None
+    if recorder is not None:  # the base copies: rows R..2R-1 in the two-copy batch, 0..R-1 otherwise
+        proj = recorder.take(range(R, 2 * R) if both else range(R), gen_starts, [len(r.tokens) for r in rows])
+    if base_only:
+        return [], proj
     # (row, position) of the distribution that produced each generated token: the previous position
     row_idx, pos_idx = [], []
     for j, r in enumerate(rows):
@@ -116,4 +144,4 @@ def _kl_batch(model, vector, rows: Sequence[Rollout], positions: str,
     for r in rows:
         out.append(kl_flat[a: a + len(r.tokens)].numpy().astype(np.float32))
         a += len(r.tokens)
-    return out
+    return out, proj

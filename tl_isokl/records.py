@@ -87,26 +87,31 @@ class Trajectory:
     eos: bool
     window: int
     forks: list[ForkProbe] = field(default_factory=list)
+    # the base model's mean projection of its generated tokens on the run's concept axis (tl_isokl.effect), when
+    # the sweep measured it; None otherwise (and in files written before it existed)
+    concept: float | None = None
 
     @property
     def length(self) -> int:
         return len(self.tokens)
 
     @classmethod
-    def from_rollout(cls, r: Rollout, *, alpha: float, kl, forks: list[ForkProbe], coeff: float | None = None
-                     ) -> "Trajectory":
+    def from_rollout(cls, r: Rollout, *, alpha: float, kl, forks: list[ForkProbe], coeff: float | None = None,
+                     concept: float | None = None) -> "Trajectory":
         """The stored record of a rollout measured at `alpha` (prompt token ids are re-derivable, not stored).
         `coeff`: the exact dose alpha x c* (the rollout's own went through a float32 tensor)."""
         return cls(prompt_id=r.prompt_id, prompt=r.prompt, alpha=float(alpha),
                    coeff=float(r.coeff if coeff is None else coeff),
                    tokens=list(r.tokens), text=r.text, kl=[float(x) for x in kl], eos=r.eos, window=r.window,
-                   forks=list(forks))
+                   forks=list(forks), concept=None if concept is None else float(concept))
 
     def to_dict(self, threshold: float | None = None) -> dict:
         """The stored record; with `threshold`, also its `fate` at that threshold (a derived copy for readers
         without this package: `from_dict` ignores it and `fate()` recomputes, so a new threshold never reads a
         stale one)."""
         d = asdict(self)
+        if d.get("concept") is None:  # not measured: files stay as they were before the field existed
+            d.pop("concept", None)
         if threshold is not None:
             d["fate"] = {"threshold": float(threshold), **asdict(fate(self, threshold))}
         return d

@@ -153,7 +153,7 @@ def rollout(
 def _decode_batch(model, vector, seqs: list[list[int]], coeffs: torch.Tensor, window: int,
                   positions: str, sampling: Sampling = GREEDY, generators: list | None = None,
                   keep_final: bool = False) -> list[tuple[list[int], bool, torch.Tensor | None]]:
-    from transformers import DynamicCache
+    from tl_isokl.acceleration import growing_cache
     from tl_isokl.forward import final_hook
 
     dev = model.cfg.device
@@ -181,7 +181,7 @@ def _decode_batch(model, vector, seqs: list[list[int]], coeffs: torch.Tensor, wi
         if steering is not None:
             steering.reset(0)
         out = om(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
-                 past_key_values=DynamicCache(), use_cache=True)
+                 past_key_values=growing_cache(capacity=T + window), use_cache=True)
         cache = out.past_key_values
         logits = out.logits[:, -1]
         for step in range(window):

@@ -13,6 +13,8 @@ Layout (all JSON is UTF-8, NaN written as null)::
       report.md              `tl-isokl report`: identity, calibration, survival and KL tables, caveats
       figures/               PNGs drawn by `tl-isokl plot` from the files above
       inspect/               `tl-isokl inspect`: index.html, trace-r<row>.html, deaths.json / deaths.csv
+      threshold=<v>/         report.md, figures/, inspect/ re-derived at another --threshold (never overwriting
+                             the run's own)
 
 Every one of these names is known here and nowhere else: other modules ask `RunDir` for paths.
 """
@@ -167,7 +169,9 @@ class Manifest:
                    layer=int(vector.layer), method=vector.method,
                    gate=vector.gate.to_dict() if vector.gate else None, vector_sha256=vector.sha256,
                    prompts_sha256=prompts_sha256, n_prompts=int(n_prompts), window=int(window), seed=int(seed),
-                   positions=positions, settings=dict(settings), history=dict(history or {}))
+                   positions=positions, history=dict(history or {}),
+                   # how the forwards ran (tl_isokl.acceleration): recorded, not identity (numbers agree to ~1e-5)
+                   settings={"attention": info.get("attention"), "fast_path": info.get("fast_path"), **settings})
 
     def to_dict(self) -> dict[str, Any]:
         core = {k: getattr(self, k) for k in ("model", "model_path", "revision", "dtype", "device", "layer",
@@ -269,7 +273,14 @@ class RunDir:
             (self.path / CELLS, ["alpha=*.jsonl"]),
             (self.figures, list(FIGURES.values())),
             (self.inspect_dir, list(INSPECT_FILES)),
+            *[(d / FIGURES_DIR, list(FIGURES.values())) for d in self.rederived_dirs()],
+            *[(d / INSPECT_DIR, list(INSPECT_FILES)) for d in self.rederived_dirs()],
+            *[(d, [REPORT]) for d in self.rederived_dirs()],  # after its subfolders: removed once empty
         ]
+
+    def rederived_dirs(self) -> list[Path]:
+        """RUN/threshold=<v>/ folders: report, figures and inspect pages re-derived at another threshold."""
+        return sorted(p for p in self.path.glob("threshold=*") if p.is_dir())
 
     def write_manifest(self, manifest: dict[str, Any]) -> Path:
         """Write a manifest as given (tests and tools); commands use `record`."""

@@ -76,6 +76,7 @@ class SweepConfig:
     prompt_ids: list[str]
     sampling: Sampling = GREEDY
     c_star_neg: float | None = None  # the dose of -v, when negative alphas were calibrated on their own
+    readout: Any = None  # a ConceptAxis read in the KL's base pass (changes no KL or probe number: not identity)
 
     def coeff(self, alpha: float) -> float:
         """alpha x c* (alpha x c*_neg for a negative alpha when -v has its own calibration)."""
@@ -105,6 +106,7 @@ def sweep(
     out: str | Path,
     *,
     prompt_ids: Sequence[str] | None = None,
+    answers: Sequence[bool | None] | None = None,
     alphas: Sequence[float] = DEFAULT_ALPHAS,
     window: int = 256,
     threshold: float = 0.75,
@@ -118,6 +120,7 @@ def sweep(
     batch_size: int = 32,
     probe_batch_size: int = 8,
     decode_batch_size: int | None = None,
+    readout: Any = None,
     seed: int = 0,
     manifest_extra: dict[str, Any] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
@@ -131,6 +134,9 @@ def sweep(
         calibration: the `CalibrationResult` of `calibrate` (or its dict form, calibration.json; a hand-made dict
             needs at least "c_star", and without "identity" and "prompts" it cannot be checked).
         prompts: held-out prompts, disjoint from the calibration prompts.
+        answers: the right answer (True/False, None = unknown) of each held-out prompt, where the prompt set knows
+            it: written into the manifest's prompts so reports can tell "alive and right" from "alive and wrong"
+            (`tl_isokl.outcomes`). Changes no measured number.
         probe: what is asked at each fork (`tl_isokl.probe.Probe`); default `AnswerProbe(spec, schedule)`, the
             JSON true/false probe at log2 forks.
         sampling, samples_per_prompt: seeded sampled rollouts instead of greedy ones (`rollout.Sampling`), and
@@ -140,6 +146,9 @@ def sweep(
         batch_size, probe_batch_size: rows per teacher-forced KL / probe batch (memory knobs).
         decode_batch_size: rows per decode batch, across alphas (default `default_decode_rows`: 128 on a CPU,
             sized by free memory on a GPU); results do not depend on it beyond float rounding.
+        readout: a `tl_isokl.effect.ConceptAxis`: the KL's base pass also reads how the unsteered model projects
+            each generated token on it; each trajectory stores the mean (`Trajectory.concept`) and the manifest
+            the axis (`concept_axis`), from which `tl_isokl.compare.run_effects` derives the effect per alpha.
         progress: called as progress(stage, done, total) with stage in {"rollout", "kl", "probe"}.
         allow_unconverged: use a calibration with converged=False (refused otherwise; the manifest records it).
         allow_other_model: apply a vector whose metadata names another model (refused otherwise).
@@ -165,7 +174,14 @@ def sweep(
     if int(samples_per_prompt) < 1 or (samples_per_prompt > 1 and sampling.greedy):
         raise IsoKLError(f"samples_per_prompt={samples_per_prompt}: use 1, or several with a temperature > 0 "
                          f"(greedy rollouts of one prompt are all the same)")
+    if answers is not None:
+        answers = list(answers)
+        if len(answers) != len(prompts):
+            raise IsoKLError(f"{len(answers)} answers for {len(prompts)} held-out prompts; give one per prompt "
+                             f"(None where unknown)")
     if samples_per_prompt > 1:
+        if answers is not None:
+            answers = [a for a in answers for _ in range(samples_per_prompt)]
         prompts = [p for p in prompts for _ in range(samples_per_prompt)]
         pids = [f"{i}#{k}" for i in pids for k in range(samples_per_prompt)]
     probe = probe if probe is not None else AnswerProbe(spec, schedule)
@@ -177,7 +193,7 @@ def sweep(
                            allow_other_model=allow_other_model, source="the calibration of -v")
     cfg = SweepConfig(c_star=cal.c_star, window=int(window), threshold=float(threshold), probe=probe,
                       positions=positions, prompts=prompts, prompt_ids=pids, sampling=sampling,
-                      c_star_neg=None if cal_neg is None else cal_neg.c_star)
+                      c_star_neg=None if cal_neg is None else cal_neg.c_star, readout=readout)
     ident = run_identity(cfg.identity(model, vector), calibration)
     rd = RunDir(out)
     if fresh:
@@ -193,7 +209,9 @@ def sweep(
         target=cal.target, stat=cal.stat, probe=ident["probe"], schedule=ident["schedule"],
         config_sha256=sha256_json(ident), identity=ident, **allowed, sampling=sampling.to_dict(),
         samples_per_prompt=int(samples_per_prompt),
-        prompts=[{"id": i, "prompt": p} for i, p in zip(pids, prompts)], **(manifest_extra or {}),
+        concept_axis=None if readout is None else readout.to_dict(),
+        prompts=[{"id": i, "prompt": p} if answers is None else {"id": i, "prompt": p, "answer": a}
+                 for i, p, a in zip(pids, prompts, answers or [None] * len(prompts))], **(manifest_extra or {}),
     )
     rd.record(manifest)  # resuming appends to the history, never replaces it
     atomic_write_json(rd.calibration_path, calibration)
@@ -287,15 +305,24 @@ def run_cell(model, vector: SteeringVector, alpha: float, cfg: SweepConfig, roll
         return f
 
     kls = per_token_kl(model, vector, rolls, batch_size=batch_size, positions=cfg.positions, progress=tick("kl"),
-                       final=finals)
+                       final=finals, readout=cfg.readout)
+    concept: list = [None] * n
+    if cfg.readout is not None:
+        from tl_isokl.effect import trajectory_score
+
+        kls, proj = kls
+        concept = [trajectory_score(p) if len(p) else None for p in proj]
     forks = cfg.probe.measure(model, vector, rolls, batch_size=probe_batch_size, positions=cfg.positions,
                               progress=tick("probe"))
-    return [Trajectory.from_rollout(r, alpha=alpha, coeff=coeff, kl=k, forks=f) for r, k, f in zip(rolls, kls, forks)]
+    return [Trajectory.from_rollout(r, alpha=alpha, coeff=coeff, kl=k, forks=f, concept=c)
+            for r, k, f, c in zip(rolls, kls, forks, concept)]
 
 
 def summary_rows(run: Run) -> list[dict[str, Any]]:
     """Per alpha: n, died, censored (at their last probed fork; censored_eos: of those, ended at EOS), KL
-    p50/p95/max, KM median death token and the fork after which the median deaths were last seen alive."""
+    p50/p95/max, KM median death token and the fork after which the median deaths were last seen alive; where the
+    prompts carry answers, the three fates and the probe's accuracy (`tl_isokl.outcomes`)."""
+    from tl_isokl.outcomes import outcome_columns
     from tl_isokl.survival import kaplan_meier
 
     rows = []
@@ -310,6 +337,7 @@ def summary_rows(run: Run) -> list[dict[str, Any]]:
             "kl_p50": kl["p50"], "kl_p95": kl["p95"], "kl_max": kl["max"],
             "median_death_token": med if med is not None else "not reached",
             "median_death_after": _interval_start(fs, med),
+            **outcome_columns(run, ts),  # alive-and-right / -wrong and accuracy, only where answers are known
         })
     return rows
 

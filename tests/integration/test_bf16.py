@@ -18,7 +18,7 @@ L = 2
 
 @pytest.fixture(scope="module")
 def bf16():
-    m = load_model(device="cpu", dtype="bfloat16")
+    m = load_model(device="cpu", dtype="bfloat16", native_attention=False)  # the bridge's own rotary path
     yield m
     m.reset_hooks(including_permanent=True)
 

@@ -137,3 +137,31 @@ def test_return_final_does_not_change_the_rollouts(model, vec, rolls, prompts):
     P, C, I = grid(prompts, [0.0, 1.5, 6.0])
     again, finals = rollout(model, vec, P, C, prompt_ids=I, window=WINDOW, batch_size=5, return_final=True)
     assert [r.tokens for r in again] == [r.tokens for r in rolls]
+
+
+def test_kl_pass_reads_the_base_models_concept_projection(model, vec, prompts):
+    """The base half of the KL pass also returns h_base . u at the axis layer for each generated token, for every
+    row including alpha 0 (the reference); checked against a plain HF forward hook on the decoder layer."""
+    from tl_isokl.effect import ConceptAxis
+
+    axis = ConceptAxis.from_vector(vec)
+    P, C, I = grid(prompts[:2], [0.0, 2.0])
+    rolls, finals = rollout(model, vec, P, C, prompt_ids=I, window=10, batch_size=4, return_final=True)
+    for fin in (finals, None):  # base-only pass, and the two-copy pass
+        kls, proj = per_token_kl(model, vec, rolls, batch_size=3, final=fin, readout=axis)
+        hf = model.original_model
+        u = axis.direction.double()
+        for r, k, p in zip(rolls, kls, proj):
+            got = {}
+            layer = hf.model.layers[axis.layer]
+            h = layer.register_forward_hook(lambda m, i, o: got.__setitem__("h", (o[0] if isinstance(o, tuple) else o)))
+            try:
+                with torch.no_grad():
+                    hf(input_ids=torch.tensor([r.prompt_tokens + r.tokens]))
+            finally:
+                h.remove()
+            want = (got["h"][0, len(r.prompt_tokens): len(r.prompt_tokens) + len(r.tokens)].double() @ u).numpy()
+            assert p.shape == (len(r.tokens),)
+            np.testing.assert_allclose(p, want, atol=1e-4, rtol=1e-5)
+            if r.coeff == 0:
+                assert np.all(k == 0)

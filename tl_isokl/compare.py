@@ -1,0 +1,307 @@
+"""`compare`: what the same KL budget buys each steering method.
+
+Every spec (a method, optionally gated) is extracted from the same contrastive sets, calibrated to the same target
+on the same calibration prompts and swept on the same held-out prompts at the same alphas. Each spec is an
+ordinary run directory under the compare directory (so report / plot / inspect / cosine work on it, and rerunning
+resumes); `compare.csv` and `compare.md` put them side by side, per spec x alpha:
+
+* the dose: c* and the spread of the per-prompt doses (one scalar budget, many prompts);
+* whether the budget transfers: the held-out KL statistics at that alpha (does each method deliver its calibrated
+  dose off the calibration prompts?);
+* what it cost: died/n, S(window) with its band, the median death token, the log-rank p against the null and
+  against mean_diff at the same alpha;
+* what it bought: the concept effect (`tl_isokl.effect`: how the *base* model reads the text the steered model
+  wrote, in units of the concept's own contrastive separation, relative to alpha 0), mean and 95% CI.
+
+The matched-KL null (`random`: a seeded random direction with the norm of the concept direction, calibrated and
+swept like a method) is added unless left out explicitly: a real method should beat it in effect at equal KL.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from tl_isokl.errors import IsoKLError
+
+NULL_SPEC = "random"
+REFERENCE_SPEC = "mean_diff"
+COMPARE_CSV = "compare.csv"
+COMPARE_MD = "compare.md"
+COMPARE_JSON = "compare.json"
+FIGURES = {"frontier": "effect_vs_survival.png", "km": "km_by_spec.png", "effect": "effect_vs_alpha.png"}
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One steering configuration of a comparison: a method of the registry and an optional cosine gate."""
+
+    method: str
+    gate: str | None = None
+    tau: float | None = None
+
+    @property
+    def name(self) -> str:
+        if self.gate is None:
+            return self.method
+        return f"{self.method}+{self.gate}" + ("" if self.tau is None else f":{self.tau:g}")
+
+    @property
+    def slug(self) -> str:
+        """The run directory's name: the spec's name with ':' spelled '@' (portable file names)."""
+        return self.name.replace(":", "@")
+
+
+def parse_spec(text: str) -> Spec:
+    """'mean_diff' | 'pca+ablate' | 'mean_diff+soft:0.1' | 'directional_ablation+hard:0.2' -> Spec.
+
+    The gate, if any, is the last '+' part and names a registered gate (optionally ':tau'); the rest is a method
+    name of `tl_isokl.methods` (which may itself contain '+', e.g. pca+ablate)."""
+    from tl_isokl.methods import GATES, check_gate, parse_method
+
+    text = str(text).strip()
+    if not text:
+        raise IsoKLError("empty --spec; use a method name such as mean_diff, pca, directional_ablation, random, "
+                         "optionally with a gate: mean_diff+soft:0.1")
+    method, gate, tau = text, None, None
+    head, _, last = text.rpartition("+")
+    kind, _, tau_text = last.partition(":")
+    if head and kind in GATES:
+        method, gate = head, kind
+        if tau_text:
+            try:
+                tau = float(tau_text)
+            except ValueError:
+                raise IsoKLError(f"--spec {text!r}: gate threshold {tau_text!r} is not a number; write e.g. "
+                                 f"{head}+{kind}:0.1") from None
+    try:
+        parse_method(method)
+        if gate is not None:
+            check_gate(method, gate)
+    except IsoKLError as e:
+        raise IsoKLError(f"--spec {text!r}: {e}") from None
+    if method == "external":
+        raise IsoKLError(f"--spec {text!r}: compare extracts every spec from the same contrastive sets; an external "
+                         f"vector is swept with `tl-isokl sweep --vector FILE`")
+    return Spec(method, gate, tau)
+
+
+def specs_with_null(specs: Sequence[str | Spec], null: bool = True) -> list[Spec]:
+    """Parsed specs, duplicates refused, with the matched-KL null appended unless present or `null` is False."""
+    out = [s if isinstance(s, Spec) else parse_spec(s) for s in specs]
+    names = [s.name for s in out]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise IsoKLError(f"--spec {dup[0]} is given twice; give each spec once")
+    if not out:
+        raise IsoKLError("no --spec given; e.g. --spec mean_diff --spec pca --spec directional_ablation")
+    if null and NULL_SPEC not in names:
+        out.append(Spec(NULL_SPEC))
+    return out
+
+
+def spec_dir(out: str | Path, spec: Spec, stat: str, n_stats: int) -> Path:
+    """DIR/<spec> with one calibration target; DIR/<stat>/<spec> when several targets are compared."""
+    out = Path(out)
+    return out / spec.slug if n_stats == 1 else out / stat / spec.slug
+
+
+# ------------------------------------------------------------------------------------------------ running
+
+
+def run_compare(settings, specs: Sequence[str | Spec], out: str | Path, *, stats: Sequence[str] = ("p95",),
+                null: bool = True, echo: Callable[[str], None] = lambda _: None, model=None,
+                progress: Callable | None = None) -> dict[str, Any]:
+    """Calibrate and sweep every spec (x every calibration statistic) on one model load, then tabulate.
+
+    `settings` is an `ExperimentSettings` holding everything the specs share (model, layer, window, alphas, prompt
+    sets, target, probe, ...); its method/gate/stat/out are replaced per spec. Returns `compare_table`'s result.
+    """
+    from tl_isokl.experiment import load, run_sweep_experiment
+
+    parsed = specs_with_null(specs, null=null)
+    stats = list(dict.fromkeys(stats)) or [settings.stat]
+    out = Path(out)
+    if settings.vector_path is not None:
+        raise IsoKLError("compare extracts each spec from the contrastive sets; drop --vector (sweep a vector file "
+                         "with `tl-isokl sweep --vector FILE`)")
+    model = load(settings, echo) if model is None else model
+    for stat in stats:
+        for spec in parsed:
+            d = spec_dir(out, spec, stat, len(stats))
+            echo(f"== {spec.name} (target {settings.target:g} nats of {stat} KL) -> {d}")
+            s = replace(settings, method=spec.method, gate=spec.gate, tau=spec.tau, stat=stat, out=d,
+                        extra={**settings.extra, "compare": {"dir": str(out.resolve()), "spec": spec.name}})
+            run_sweep_experiment(s, echo=echo, warn=echo, model=model, progress=progress)
+    return write_compare(out, parsed, stats)
+
+
+# ------------------------------------------------------------------------------------------------ tables
+
+
+def _band_at(curve, t: float) -> tuple[float, float]:
+    """The KM curve's pointwise band at token t (1, 1 before the first death)."""
+    idx = int(np.searchsorted(curve.times, t, side="right")) - 1
+    if idx < 0:
+        return 1.0, 1.0
+    return float(curve.ci_low[idx]), float(curve.ci_high[idx])
+
+
+def compare_rows(runs: dict[str, Any], *, threshold: float | None = None,
+                 effects: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Per spec x alpha: the row of compare.csv, from loaded runs {spec name: Run} and, where measured, their
+    concept effects {spec name: `tl_isokl.effect.ConceptScores`} (`run_effects`)."""
+    from tl_isokl.statistics import summarize
+    from tl_isokl.survival import fates, kaplan_meier, logrank, resolve_threshold
+
+    fate_sets: dict[str, dict[float, list]] = {}
+    for name, run in runs.items():
+        thr = resolve_threshold(run, threshold)
+        fate_sets[name] = {a: fates(ts, thr) for a, ts in run.by_alpha().items()}
+    rows = []
+    for name, run in runs.items():
+        cal = run.calibration or {}
+        per = [c for c in cal.get("per_prompt_c_star") or [] if c is not None]
+        window = int(run.window)
+        for a, ts in run.by_alpha().items():
+            fs = fate_sets[name][a]
+            km = kaplan_meier(fs, alpha=a)
+            lo, hi = _band_at(km, window)
+            kl = summarize(np.concatenate([np.asarray(t.kl, float) for t in ts]) if ts else np.zeros(0))
+            row: dict[str, Any] = {
+                "spec": name, "stat": cal.get("stat"), "alpha": a, "c_star": cal.get("c_star"),
+                "coeff": a * float(cal.get("c_star", math.nan)),
+                "c_prompt_min": min(per) if per else None, "c_prompt_median": float(np.median(per)) if per else None,
+                "c_prompt_max": max(per) if per else None,
+                "kl_p50": kl.get("p50"), "kl_p95": kl.get("p95"), "kl_max": kl.get("max"),
+                "died": km.died, "n": km.n, "S_end": km.at(window), "S_end_low": lo, "S_end_high": hi,
+                "median_death": km.median(),
+            }
+            if effects is not None and name in effects:
+                e = next((r for r in effects[name].summary if r["alpha"] == float(a)), None)
+                if e is not None:
+                    row.update({"effect": e["effect_mean"], "effect_low": e["ci_lo"], "effect_high": e["ci_hi"],
+                                "effect_n": e["n"]})
+            for ref in (NULL_SPEC, REFERENCE_SPEC):
+                other = fate_sets.get(ref, {}).get(a)
+                row[f"p_vs_{ref}"] = None if other is None or ref == name else logrank(fs, other).p_value
+            rows.append(row)
+    return rows
+
+
+def load_spec_runs(out: str | Path, specs: Sequence[Spec], stat: str, n_stats: int) -> dict[str, Any]:
+    from tl_isokl.rundir import load_run
+
+    return {s.name: load_run(spec_dir(out, s, stat, n_stats)) for s in specs
+            if (spec_dir(out, s, stat, n_stats) / "manifest.json").is_file()}
+
+
+def write_compare(out: str | Path, specs: Sequence[Spec], stats: Sequence[str], *,
+                  threshold: float | None = None) -> dict[str, Any]:
+    """compare.csv / compare.md / compare.json and the figures, from the spec run directories under `out`."""
+    from tl_isokl.files import atomic_write_json, atomic_write_text, csv_text
+
+    out = Path(out)
+    all_rows: list[dict[str, Any]] = []
+    for stat in stats:
+        runs = load_spec_runs(out, specs, stat, len(stats))
+        effects = effects_of_runs(runs)
+        all_rows += compare_rows(runs, threshold=threshold, effects=effects)
+    if not all_rows:
+        raise IsoKLError(f"{out} holds no finished spec runs; run `tl-isokl compare --spec ... --out {out}` first")
+    atomic_write_text(out / COMPARE_CSV, csv_text(all_rows, _columns(all_rows)))
+    atomic_write_json(out / COMPARE_JSON, {"specs": [s.name for s in specs], "stats": list(stats), "rows": all_rows})
+    figs = draw_compare_figures(out, all_rows, specs, stats)
+    atomic_write_text(out / COMPARE_MD, compare_markdown(all_rows, specs, stats, figs))
+    return {"rows": all_rows, "figures": figs}
+
+
+def _columns(rows: Sequence[dict[str, Any]]) -> list[str]:
+    cols: list[str] = []
+    for r in rows:
+        cols += [k for k in r if k not in cols]
+    return cols
+
+
+def run_effects(run):
+    """The concept effects of a run (`tl_isokl.effect.ConceptScores`) from the base model's mean projection stored
+    with each trajectory (`Trajectory.concept`) and the axis the manifest records; None when the run has none
+    (a sweep of a vector file, or a run made before the effect was measured)."""
+    from tl_isokl.effect import effect_summary
+
+    axis = run.manifest.get("concept_axis")
+    if not axis:
+        return None
+    values = {a: {t.prompt_id: t.concept for t in ts if getattr(t, "concept", None) is not None}
+              for a, ts in run.by_alpha().items()}
+    if not values.get(0.0):
+        return None
+    return effect_summary(values, scale=float(axis["separation"]))
+
+
+def effects_of_runs(runs: dict[str, Any]) -> dict[str, Any] | None:
+    """{spec name: ConceptScores} for the runs that measured the effect; None when none did."""
+    out = {name: e for name, e in ((n, run_effects(r)) for n, r in runs.items()) if e is not None}
+    return out or None
+
+
+def compare_markdown(rows: Sequence[dict[str, Any]], specs: Sequence[Spec], stats: Sequence[str],
+                     figures: Sequence[Path] = ()) -> str:
+    from tl_isokl.report import markdown_table
+
+    cols = ["spec", "alpha", "c_star", "kl_p95", "died", "n", "S_end", "S_end_low", "S_end_high", "median_death",
+            "effect", "effect_low", "effect_high", "p_vs_random", "p_vs_mean_diff"]
+    parts = ["# Compare: what the same KL budget buys", "",
+             f"Specs: {', '.join(s.name for s in specs)}. Each is a run directory beside this file (report, plot, "
+             f"inspect and cosine work on it). Every spec was calibrated to the same target on the same calibration "
+             f"prompts and swept on the same held-out prompts.", "",
+             "- `c_star`: the spec's iso-KL dose; `kl_p95`: the held-out p95 KL actually delivered at that alpha "
+             "(does the budget transfer off the calibration prompts?).",
+             "- `died`/`n`, `S_end` (Kaplan-Meier survival at the window, with its 95% band), `median_death` "
+             "(token; empty = not reached).",
+             "- `effect`: how far the *base* model reads the steered text toward the concept, relative to alpha 0, "
+             "in units of the concept's own contrastive separation (1.0 = as far as the contrastive examples "
+             "differ); mean over prompts, 95% percentile-bootstrap interval over prompts.",
+             "- `p_vs_random` / `p_vs_mean_diff`: log-rank p of the survival curves against the matched-KL null and "
+             "against mean_diff at the same alpha.", ""]
+    for stat in stats:
+        sub = [r for r in rows if r.get("stat") == stat] or list(rows)
+        parts += [f"## Target: {stat} KL", "", markdown_table(sub, [c for c in cols if any(c in r for r in sub)]),
+                  ""]
+    parts += ["## What one scalar budget cannot see", "",
+              "Equal KL is equal *distance*, not equal *direction*: a method can spend its budget moving the "
+              "distribution along the concept (effect up, survival kept) or anywhere else (the null). Compare "
+              "`effect` at equal alpha, and read `kl_p95` to see whether each method actually received the same "
+              "budget off the calibration prompts.", ""]
+    for f in figures:
+        parts.append(f"![{f.stem}]({f.relative_to(f.parents[1]) if len(f.parents) > 1 else f.name})")
+    return "\n".join(parts) + "\n"
+
+
+def draw_compare_figures(out: Path, rows: Sequence[dict[str, Any]], specs: Sequence[Spec],
+                         stats: Sequence[str]) -> list[Path]:
+    from tl_isokl.figures.compare import effect_vs_alpha, effect_vs_survival, km_by_spec
+
+    figdir = Path(out) / "figures"
+    figdir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    stat = stats[0]
+    sub = [r for r in rows if r.get("stat") == stat] or list(rows)
+    runs = load_spec_runs(out, specs, stat, len(stats))
+    for key, fig in (("frontier", effect_vs_survival(sub)), ("effect", effect_vs_alpha(sub)),
+                     ("km", km_by_spec(runs, alphas=(1.0, 2.0)))):
+        if fig is None:
+            continue
+        p = figdir / FIGURES[key]
+        tmp = p.with_name(f".{p.name}.tmp.png")
+        fig.savefig(tmp, dpi=110)
+        tmp.replace(p)
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+        paths.append(p)
+    return paths
