@@ -279,3 +279,16 @@ def test_bad_candidates_and_rounds_are_refused():
         seq(lambda c: c, candidates=0)
     with pytest.raises(IsoKLError, match="max_rounds"):
         seq(lambda c: c, max_rounds=0)
+
+
+def test_auto_candidates_is_sequential_on_cpu_and_the_fan_on_an_accelerator():
+    from types import SimpleNamespace
+
+    import torch
+
+    from tl_isokl.calibrate import auto_candidates
+
+    dev = lambda d: SimpleNamespace(cfg=SimpleNamespace(device=d))  # noqa: E731
+    assert auto_candidates(dev("cpu")) == 1 and auto_candidates(dev(torch.device("cpu"))) == 1
+    assert auto_candidates(dev("cuda:0")) == 5 and auto_candidates(dev(torch.device("cuda", 1))) == 5
+    assert auto_candidates(dev("mps")) == 5
