@@ -97,8 +97,6 @@ def test_every_dose_matches_the_hf_model_with_a_plain_hook(model, vec, prompts, 
 
 
 def test_token_nll_is_exactly_the_base_at_zero_and_matches_hf_at_two_doses(model, vec, prompts, hf):
-    from tl_isokl.tokens import encode
-
     rolls = rollout(model, None, prompts, [0.0] * len(prompts), window=WINDOW)
     base = token_nll(model, None, rolls, [0.0] * len(rolls))
     zero = token_nll(model, vec, rolls, [0.0] * len(rolls))
