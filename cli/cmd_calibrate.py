@@ -36,10 +36,22 @@ def calibration_options(fn):
                       help="Smallest dose the calibration may try.")(fn)
     fn = click.option("--tol", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05,
                       show_default=True, help="Relative tolerance: accept |stat - target| <= tol x target.")(fn)
+    fn = click.option("--target-nll-delta", type=click.FloatRange(min=0, min_open=True), default=None,
+                      metavar="NATS", help="Calibrate to a behavioural target instead of KL: the mean per-token "
+                      "NLL increase steering causes on the base model's own text (teacher forcing only).")(fn)
     fn = stat_option(fn)
     fn = click.option("--target-kl", "target", type=click.FloatRange(min=0, min_open=True), default=1.0,
                       show_default=True, help="Target value of the statistic, in nats.")(fn)
     return fn
+
+
+def calibration_target(target: float, stat: str, target_nll_delta: float | None) -> tuple[float, str]:
+    """(target, stat) from --target-kl/--stat or --target-nll-delta (which excludes both)."""
+    if target_nll_delta is None:
+        return target, stat
+    refuse_unused([f for f, n in (("--target-kl", "target"), ("--stat", "stat")) if given(n)],
+                  f"with --target-nll-delta {target_nll_delta:g} (it is its own statistic and target)")
+    return float(target_nll_delta), "nll_delta"
 
 
 @click.command("calibrate")
@@ -64,7 +76,7 @@ def calibration_options(fn):
 @friendly_errors
 def command(model_name, dtype, device, revision, vector_path, method, layer, concept, gate, tau,
             positions, window, target,
-            stat, tol, c_max, c_min, prompts_path, batch_size, seed, out, fresh, allow_other_model, probe_preset,
+            stat, target_nll_delta, tol, c_max, c_min, prompts_path, batch_size, seed, out, fresh, allow_other_model, probe_preset,
             probe_file, probe_prefill, probe_true, probe_false, probe_think_close, skip_preflight, chat_template,
             temperature, top_p):
     """Find the iso-KL dose c* of a steering vector and write calibration.json + manifest.json.
@@ -75,6 +87,7 @@ def command(model_name, dtype, device, revision, vector_path, method, layer, con
     from tl_isokl.experiment import ExperimentSettings, run_calibration_experiment
 
     check_bounds(c_min, c_max)
+    target, stat = calibration_target(target, stat, target_nll_delta)
     file_vec = early_vector(vector_path, method, layer, concept, gate, tau)  # flag contradictions, before loading
     if temperature == 0 and given("top_p"):
         refuse_unused(["--top-p"], "without --temperature > 0 (greedy rollouts do not sample)")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from tl_isokl_cli.cmd_calibrate import calibration_options, check_bounds, round_printer
+from tl_isokl_cli.cmd_calibrate import calibration_options, calibration_target, check_bounds, round_printer
 from tl_isokl_cli.common import (Progress, allow_other_model_option, early_vector, fresh_option, given,
                                  model_options, positions_option, probe_options, refuse_unused, sampling_options,
                                  unescape, vector_options)
@@ -53,7 +53,8 @@ from tl_isokl_cli.main import friendly_errors
 @friendly_errors
 def command(model_name, dtype, device, revision, vector_path, method, layer, concept, gate, tau,
             positions, calibration_path,
-            window, alphas, threshold, schedule, prompts_path, cal_prompts_path, target, stat, tol, c_min, c_max,
+            window, alphas, threshold, schedule, prompts_path, cal_prompts_path, target, stat, target_nll_delta, tol,
+            c_min, c_max,
             batch_size, seed, out, fresh, two_sided, allow_unconverged, allow_other_model, probe_preset, probe_file,
             probe_prefill, probe_true, probe_false, probe_think_close, skip_preflight, chat_template, temperature,
             top_p, samples_per_prompt, no_figures):
@@ -70,6 +71,7 @@ def command(model_name, dtype, device, revision, vector_path, method, layer, con
     # ---- flags: contradictions and values a library call cannot see (which flags were given)
     alpha_list = parse_alphas(alphas)
     check_bounds(c_min, c_max)
+    target, stat = calibration_target(target, stat, target_nll_delta)
     if schedule != "log2":
         try:
             fork_points(1, int(schedule))
@@ -80,6 +82,7 @@ def command(model_name, dtype, device, revision, vector_path, method, layer, con
     file_vec = early_vector(vector_path, method, layer, concept, gate, tau)
     if calibration_path is not None:
         refuse_unused([f for f, n in (("--target-kl", "target"), ("--stat", "stat"), ("--tol", "tol"),
+                                      ("--target-nll-delta", "target_nll_delta"),
                                       ("--c-min", "c_min"), ("--c-max", "c_max"),
                                       ("--calibration-prompts", "cal_prompts_path")) if given(n)],
                       f"with --calibration {calibration_path} (they only apply when the sweep calibrates)")

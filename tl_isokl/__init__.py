@@ -22,7 +22,7 @@ from tl_isokl.steer import Steering, steer
 from tl_isokl.records import Rollout
 from tl_isokl.rollout import rollout
 from tl_isokl.kl import per_token_kl
-from tl_isokl.calibrate import CalibrationResult, calibrate
+from tl_isokl.calibrate import CalibrationResult, calibrate, calibrate_nll_delta
 from tl_isokl.probe import AnswerProbe, Probe, ProbeSpec, probe
 from tl_isokl.probe_presets import probe_spec
 from tl_isokl.rollout import Sampling
@@ -32,7 +32,7 @@ from tl_isokl.prompt_sets import default_concepts, default_prompts
 
 __all__ = [
     "load_model", "SteeringVector", "Gate", "read_vector", "VectorSource", "extract", "steer", "Steering",
-    "rollout", "Rollout", "Sampling", "per_token_kl", "calibrate", "CalibrationResult", "ProbeSpec", "Probe",
+    "rollout", "Rollout", "Sampling", "per_token_kl", "calibrate", "calibrate_nll_delta", "CalibrationResult", "ProbeSpec", "Probe",
     "AnswerProbe", "probe_spec", "probe", "sweep",
     "load_run", "default_prompts", "default_concepts", "IsoKLError", "CalibrationError", "IsoKLWarning",
 ]

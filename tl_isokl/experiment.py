@@ -160,6 +160,17 @@ def model_vector(model, s: ExperimentSettings, file_vec=None):
     return vec
 
 
+NLL_DELTA = "nll_delta"  # the behavioural target: mean NLL increase of base text under steering (not a KL pool)
+
+
+def check_stat(stat: str) -> None:
+    """A calibration statistic: a registered KL-pool statistic, or "nll_delta"."""
+    if stat != NLL_DELTA:
+        from tl_isokl.statistics import statistic
+
+        statistic(stat)
+
+
 def concept_readout(model, s: ExperimentSettings, vec):
     """The ruler of the concept effect (`tl_isokl.effect.ConceptAxis`): the mean-diff axis of the concept's
     contrastive sets at the vector's layer, read at the positions the vector was extracted from, whatever the
@@ -185,16 +196,19 @@ def load(s: ExperimentSettings, echo: Echo = _quiet):
 def calibrate_verbose(model, vec, ids, prompts, s: ExperimentSettings, *, echo: Echo = _quiet,
                       on_round: Callable | None = None, progress: Callable | None = None) -> dict[str, Any]:
     """`calibrate` with a header and a result line through `echo`; returns calibration.json's content."""
-    from tl_isokl.calibrate import calibrate
+    from tl_isokl.calibrate import calibrate, calibrate_nll_delta
 
     echo(f"calibrating {vec.method} L{vec.layer} on {len(prompts)} prompts, window {s.window}, "
          f"target {s.stat} = {s.target} nats")
-    res = calibrate(model, vec, prompts, prompt_ids=ids, window=s.window, target=s.target, stat=s.stat,
-                    tol=s.tol, batch_size=s.batch_size, c_min=s.c_min, c_max=s.c_max, on_round=on_round,
-                    progress=progress, positions=s.positions, sampling=s.sampling())
+    kw = dict(prompt_ids=ids, window=s.window, target=s.target, tol=s.tol, batch_size=s.batch_size, c_min=s.c_min,
+              c_max=s.c_max, on_round=on_round, progress=progress, positions=s.positions, sampling=s.sampling())
+    if s.stat == NLL_DELTA:  # base-text perplexity delta: teacher forcing of fixed base rollouts only
+        res = calibrate_nll_delta(model, vec, prompts, **kw)
+    else:
+        res = calibrate(model, vec, prompts, stat=s.stat, **kw)
     sp = res.spread()
     echo(f"c* = {res.c_star:.6g}  ({s.stat} = {res.achieved:.4g}, converged={res.converged}, "
-         f"{res.rounds} rounds, {res.seconds:.1f} s)")
+         f"{len(res.history)} doses in {res.rounds} rounds, {res.seconds:.1f} s)")
     if sp["min"] is not None:
         echo(f"per-prompt c*: min {sp['min']:.4g}  median {sp['median']:.4g}  max {sp['max']:.4g}  "
              f"(x{sp['ratio']:.3g} spread; {sp['not_bracketed']} prompt(s) never crossed the target)")
@@ -244,9 +258,8 @@ def run_calibration_experiment(s: ExperimentSettings, *, echo: Echo = _quiet, on
     from tl_isokl.rundir import Manifest
     from tl_isokl.runpolicy import (check_calibration_target, check_recalibration, default_run_path, model_spec,
                                     open_run, start_fresh)
-    from tl_isokl.statistics import statistic
 
-    statistic(s.stat)
+    check_stat(s.stat)
     probe = s.probe()  # a bad probe file or preset fails now
     file_vec = file_vector(s)
     if s.calibration_prompts is not None:
@@ -355,11 +368,10 @@ def run_sweep_experiment(s: ExperimentSettings, *, echo: Echo = _quiet, warn: Ec
     from tl_isokl.prompts import read_prompts
     from tl_isokl.runpolicy import (choose_calibration, default_run_path, model_spec, open_run, resolve_vector,
                                     start_fresh)
-    from tl_isokl.statistics import statistic
     from tl_isokl.sweep import format_summary, parse_alphas, summary_rows, sweep
 
     alphas = parse_alphas(s.alphas)
-    statistic(s.stat)
+    check_stat(s.stat)
     probe = s.probe()  # a bad probe file or preset fails now
     file_vec = file_vector(s)
     heldout_file = read_prompts(s.heldout_prompts) if s.heldout_prompts is not None else None

@@ -54,7 +54,8 @@ def _save(fig: Any, path: Path) -> Path:
 
 
 def draw_figures(run_dir: str | Path, *, roll: int = 1, threshold: float | None = None) -> list[Path]:
-    """(Re)draw spaghetti (raw and normalised) and survival PNGs into RUN/figures/; returns their paths.
+    """(Re)draw spaghetti (raw and normalised), survival and the calibration's dose-response PNGs into
+    RUN/figures/; returns their paths.
 
     Args:
         run_dir: a run directory (see `tl_isokl.rundir`).
@@ -68,7 +69,7 @@ def draw_figures(run_dir: str | Path, *, roll: int = 1, threshold: float | None 
 
     run = load_run(run_dir)
     thr = resolve_threshold(run, threshold)
-    raw, norm, surv = figure_paths(run_dir, thr, run=run)
+    raw, norm, surv, dose = figure_paths(run_dir, thr, run=run)
     out = [_save(spaghetti(run, mode="raw", roll=roll, threshold=thr), raw),
            _save(spaghetti(run, mode="normalised", roll=roll, threshold=thr), norm)]
     notes = {}
@@ -78,6 +79,10 @@ def draw_figures(run_dir: str | Path, *, roll: int = 1, threshold: float | None 
             notes[a] = f"alive & right {acc['alive_right']}/{acc['answered']}"
     out.append(_save(survival_plot(km_curves(run, thr), window=run_window(run),
                                    threshold=threshold_text(run, thr), notes=notes).figure, surv))
+    from tl_isokl.figures.dose_response import dose_response_plot
+
+    cal = run.calibration or {"c_star": float("nan"), "target": float("nan"), "history": []}
+    out.append(_save(dose_response_plot(cal), dose))
     return out
 
 

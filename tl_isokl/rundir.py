@@ -45,6 +45,7 @@ FIGURES = {
     "spaghetti_raw": "spaghetti_raw.png",
     "spaghetti_normalised": "spaghetti_normalised.png",
     "survival": "survival.png",
+    "dose_response": "dose_response.png",  # the calibration's history, log-log, with the c^2 reference
 }
 INSPECT_DIR = "inspect"
 INSPECT_INDEX, DEATHS_JSON, DEATHS_CSV, HTML_BUNDLE = "index.html", "deaths.json", "deaths.csv", "circuitsvis.iife.js"

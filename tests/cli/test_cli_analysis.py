@@ -17,7 +17,7 @@ def test_plot_writes_and_prints_figures(run_dir):
     r = CliRunner().invoke(cli, ["plot", str(run_dir), "--roll", "3"])
     assert r.exit_code == 0, r.output
     printed = r.stdout.split()  # paths on stdout, the threshold used on stderr
-    assert len(printed) == 3
+    assert len(printed) == 4  # spaghetti raw + normalised, survival, dose-response
     assert r.stderr.strip() == "threshold 0.75 (the run's)"
     assert all(p.endswith(".png") and (run_dir / "figures" / p.rsplit("/", 1)[-1]).is_file() for p in printed)
 
@@ -33,7 +33,7 @@ def test_report_draws_missing_figures_writes_markdown_prints_table(synthetic_run
     assert "p_vs_0" in header and header in md
     assert sum(line.startswith("|") for line in r.output.splitlines()) == 2 * (2 + 5)  # survival, sensitivity
     assert sorted(p.name for p in (run_dir / "figures").iterdir()) == [
-        "spaghetti_normalised.png", "spaghetti_raw.png", "survival.png"]
+        "dose_response.png", "spaghetti_normalised.png", "spaghetti_raw.png", "survival.png"]
 
 
 @pytest.mark.parametrize("cmd", ["plot", "report"])

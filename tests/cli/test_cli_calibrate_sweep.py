@@ -58,6 +58,8 @@ def test_sweep_with_a_calibration_file(runner, calibrated, tmp_path, splits):
     (["sweep", "--threshold", "1.5"], "--threshold"),
     (["sweep", "--forks", "zero"], "--forks"),
     (["calibrate", "--model", "nobody-here/no-such-model"], "huggingface-cli download"),
+    (["calibrate", "--target-nll-delta", "0.3", "--target-kl", "2"], "--target-kl has no effect"),
+    (["sweep", "--target-nll-delta", "-1"], "--target-nll-delta"),
 ])
 def test_bad_values_are_one_line_errors(runner, args, needle):
     res = runner.invoke(cli, args)
@@ -71,3 +73,14 @@ def test_bad_values_are_one_line_errors(runner, args, needle):
 def test_help(runner, cmd):
     res = runner.invoke(cli, [cmd, "--help"])
     assert res.exit_code == 0 and "Usage" in res.output
+
+
+def test_calibrate_to_a_base_text_nll_delta(runner, tmp_path):
+    """--target-nll-delta: the behavioural target is its own statistic, recorded as such, and reached."""
+    out = tmp_path / "nll"
+    res = runner.invoke(cli, ["calibrate", "--target-nll-delta", "0.3", "--window", "8", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    cal = json.loads((out / "calibration.json").read_text())
+    assert cal["stat"] == "nll_delta" and cal["identity"]["stat"] == "nll_delta" and cal["target"] == 0.3
+    assert cal["converged"] and abs(cal["achieved"] - 0.3) <= 0.05 * 0.3
+    assert "nll_delta" in res.output

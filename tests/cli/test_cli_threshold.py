@@ -75,8 +75,8 @@ def test_report_threshold_rederives_into_its_own_folder(run_dir):
     assert [x["died"] for x in died_column(r.output)] == ["2", "3"]  # re-derived from the stored pmass
     sub = run_dir / "threshold=0.9"
     assert r.output.rstrip().endswith(f"wrote {sub / 'report.md'}")
-    assert sorted(p.name for p in (sub / "figures").iterdir()) == ["spaghetti_normalised.png", "spaghetti_raw.png",
-                                                                 "survival.png"]
+    assert sorted(p.name for p in (sub / "figures").iterdir()) == ["dose_response.png", "spaghetti_normalised.png",
+                                                                 "spaghetti_raw.png", "survival.png"]
     assert {p: p.read_bytes() for p in own} == own  # the run's own report and figures are untouched
     md = (sub / "report.md").read_text()
     assert "at threshold 0.9 (re-derived)" in md and "re-derived at threshold 0.9" in md
@@ -91,7 +91,7 @@ def test_plot_threshold(run_dir):
     assert r.exit_code == 0, r.output
     assert r.stderr.strip() == "threshold 0.5 (re-derived from the stored pmass; the run's is 0.75)"
     paths = r.stdout.split()
-    assert len(paths) == 3 and all(p.startswith(str(run_dir / "threshold=0.5" / "figures")) for p in paths)
+    assert len(paths) == 4 and all(p.startswith(str(run_dir / "threshold=0.5" / "figures")) for p in paths)
     assert not (run_dir / "figures").exists()  # the run's own figures were not drawn over
 
 

@@ -99,7 +99,8 @@ def test_draw_figures_writes_pngs_atomically(run, tmp_path):
 
     rd = make_run(tmp_path / "r", alphas=(0.0, 1.0), n=3, window=24)
     paths = draw_figures(rd)
-    assert [p.name for p in paths] == ["spaghetti_raw.png", "spaghetti_normalised.png", "survival.png"]
+    assert [p.name for p in paths] == ["spaghetti_raw.png", "spaghetti_normalised.png", "survival.png",
+                                      "dose_response.png"]
     for p in paths:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(x.name for x in (rd / "figures").iterdir()) == sorted(p.name for p in paths)  # no temp files
