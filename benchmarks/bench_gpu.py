@@ -248,14 +248,15 @@ def run(args) -> dict:
             timer.reset_peak()
             timer.sync()
             t0 = time.perf_counter()
-            rolls, _ = with_oom_retry(lambda b: ik.rollout(model, vec, P, C, prompt_ids=I, window=args.window,
-                                                           batch_size=b), len(P), notes, "rollout")
+            (rolls, finals), _ = with_oom_retry(lambda b: ik.rollout(model, vec, P, C, prompt_ids=I,
+                                                                     window=args.window, batch_size=b,
+                                                                     return_final=True), len(P), notes, "rollout")
             timer.sync()
             st["rollout"]["seconds"] = time.perf_counter() - t0
             st["rollout"]["peak_gb"] = timer.peak_gb()
             n = len(prompts)
             for k, a in enumerate(cells):
-                rolls_by_cell[a] = rolls[k * n: (k + 1) * n]
+                rolls_by_cell[a] = rolls[k * n: (k + 1) * n], finals[k * n: (k + 1) * n]
             # floor: all rows in one decode batch
             fl = floor_decode(pc, plens * len(cells), args.window, wbytes, wbytes, args.bandwidth, args.peak_flops)
             st["rollout"]["floor"] = fl["seconds"]
@@ -265,15 +266,17 @@ def run(args) -> dict:
                 timer.reset_peak()
                 timer.sync()
                 t0 = time.perf_counter()
-                rolls, _ = with_oom_retry(lambda b: ik.rollout(model, vec, P, C, prompt_ids=I, window=args.window,
-                                                               batch_size=b), args.roll_batch, notes, "rollout")
+                (rolls, finals), _ = with_oom_retry(lambda b: ik.rollout(model, vec, P, C, prompt_ids=I,
+                                                                         window=args.window, batch_size=b,
+                                                                         return_final=True),
+                                                    args.roll_batch, notes, "rollout")
                 timer.sync()
                 st["rollout"]["seconds"] += time.perf_counter() - t0
                 st["rollout"]["peak_gb"] = max(st["rollout"]["peak_gb"], timer.peak_gb())
                 st["rollout"]["floor"] += _decode_floor_batched(pc, plens, args.roll_batch, args.window, wbytes,
                                                                 args.bandwidth, args.peak_flops)
-                rolls_by_cell[a] = rolls
-            rolls = rolls_by_cell[a]
+                rolls_by_cell[a] = rolls, finals
+            rolls, finals = rolls_by_cell[a]
             st["rollout"]["tokens"] += sum(r.length for r in rolls)
             full = sum(r.length == args.window and not r.eos for r in rolls)
             if full != len(rolls):
@@ -281,14 +284,15 @@ def run(args) -> dict:
             timer.reset_peak()
             timer.sync()
             t0 = time.perf_counter()
-            kls, kb = with_oom_retry(lambda b: ik.per_token_kl(model, vec, rolls, batch_size=b), args.kl_batch,
-                                     notes, "kl")
+            # as the sweep does: the steered side from the decode's final residuals, one base pass (none at alpha 0)
+            kls, kb = with_oom_retry(lambda b: ik.per_token_kl(model, vec, rolls, batch_size=b, final=finals),
+                                     args.kl_batch, notes, "kl")
             args.kl_batch = kb
             timer.sync()
             st["kl"]["seconds"] += time.perf_counter() - t0
             st["kl"]["peak_gb"] = max(st["kl"]["peak_gb"], timer.peak_gb())
-            seqs = [len(r.prompt_tokens) + r.length for r in rolls] * 2
-            scored = 2 * sum(r.length for r in rolls)
+            seqs = [len(r.prompt_tokens) + r.length for r in rolls] if a != 0 else []
+            scored = 2 * sum(r.length for r in rolls) if a != 0 else 0  # both sides go through the head
             st["kl"]["floor"] += floor_teacher_forced(pc, seqs, scored, args.peak_flops)["seconds"]
             st["kl"]["tokens"] += scored // 2
             timer.reset_peak()
@@ -372,7 +376,7 @@ def report(res: dict) -> str:
         L.append(f"{k:<8} {v['seconds']:11.2f} {v['floor']:9.3f} {v['seconds'] / v['floor']:7.1f}x "
                  f"{v['per_figure_s']:9.1f} {v['per_figure_floor_s']:9.2f} {tps:10,.0f} {ftps:11,.0f} "
                  f"{v['peak_gb']:8.2f}")
-    L.append(f"tokens: rollout = generated, kl = scored (each twice: steered and base pass), probe = packed tokens "
+    L.append(f"tokens: rollout = generated, kl = scored (steered side from the decode, one base pass; none at alpha 0), probe = packed tokens "
              f"({res['stages']['probe'].get('forks', 0)} forks)")
     for n in res["notes"]:
         L.append(f"note: {n}")

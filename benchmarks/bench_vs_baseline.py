@@ -83,11 +83,14 @@ def first_death(forks, threshold=THRESHOLD):
 
 
 def run_tl_isokl(model, vector, cal_prompts, heldout, alphas, window, mark=None) -> dict:
-    """The library's pipeline with the defaults `tl-isokl sweep` uses (batch 32 rollouts/KL, probe batch 8)."""
+    """The library's pipeline as `tl-isokl sweep` runs it: calibrate, then the alphas' rollouts in shared decode
+    batches (`sweep.alpha_groups` / `rollout_group`, keeping the steered final residuals), per-token KL from those
+    (base pass only; none at alpha 0) and the packed probe, per cell, with sweep's batch sizes."""
     import numpy as np
 
     import tl_isokl as ik
-    from tl_isokl.rollout import grid
+    from tl_isokl.probe import AnswerProbe
+    from tl_isokl.sweep import SweepConfig, alpha_groups, default_decode_rows, rollout_group
 
     sys.path.insert(0, str(HERE))
     from baseline import Stopwatch
@@ -99,24 +102,27 @@ def run_tl_isokl(model, vector, cal_prompts, heldout, alphas, window, mark=None)
         mark("calibration")
     pids = [i for i, _ in heldout]
     prompts = [p for _, p in heldout]
+    cfg = SweepConfig(c_star=cal.c_star, window=window, threshold=THRESHOLD, probe=AnswerProbe(), positions="all",
+                      prompts=prompts, prompt_ids=pids)
+    rows_per_batch = default_decode_rows(model, window)
     cells = {}
-    for a in alphas:
-        c = float(a) * cal.c_star
-        P, C, I = grid(prompts, [c], pids)
+    for group in alpha_groups(sorted(alphas), len(prompts), rows_per_batch):
         with sw("rollout"):
-            rolls = ik.rollout(model, vector, P, C, prompt_ids=I, window=window, batch_size=32)
-        with sw("kl"):
-            kls = ik.per_token_kl(model, vector, rolls, batch_size=32)
-        with sw("probe"):
-            probes = ik.probe(model, vector, rolls, batch_size=8)
-        rows = []
-        for r, k, fk in zip(rolls, kls, probes):
-            forks = [[f.t, f.pmass] for f in fk]
-            d = first_death(forks)
-            rows.append({"id": r.prompt_id, "died": d is not None, "death": d, "length": r.length, "eos": r.eos,
-                         "tokens": list(r.tokens), "forks": forks,
-                         "kl_p95": float(np.percentile(k, 95)) if len(k) else float("nan")})
-        cells[str(a)] = rows
+            rolled = rollout_group(model, vector, group, cfg, decode_batch_size=rows_per_batch)
+        for a in group:
+            rolls, finals = rolled[a]
+            with sw("kl"):
+                kls = ik.per_token_kl(model, vector, rolls, batch_size=32, final=finals)
+            with sw("probe"):
+                probes = ik.probe(model, vector, rolls, batch_size=8)
+            rows = []
+            for r, k, fk in zip(rolls, kls, probes):
+                forks = [[f.t, f.pmass] for f in fk]
+                d = first_death(forks)
+                rows.append({"id": r.prompt_id, "died": d is not None, "death": d, "length": r.length,
+                             "eos": r.eos, "tokens": list(r.tokens), "forks": forks,
+                             "kl_p95": float(np.percentile(k, 95)) if len(k) else float("nan")})
+            cells[str(a)] = rows
     if mark:
         mark("sweep")
     from tl_isokl.tokens import encode
