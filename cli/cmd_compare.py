@@ -6,8 +6,7 @@ from pathlib import Path
 
 import click
 
-from tl_isokl_cli.common import (Progress, check_concept, fresh_option, model_options, positions_option,
-                                 probe_options, unescape)
+from tl_isokl_cli.common import Progress, check_concept, model_options, positions_option, probe_options, unescape
 from tl_isokl_cli.main import friendly_errors
 
 
@@ -49,7 +48,9 @@ def _check_stats(ctx, param, value):
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Compare directory: one run directory per spec, compare.md / compare.csv beside them. Rerun "
                    "to resume.")
-@fresh_option
+@click.option("--fresh", is_flag=True,
+              help="Start every spec over: delete the tl-isokl files in each spec's run directory and compare's own "
+                   "(compare.csv/.md/.json, its figures; nothing else), then calibrate and sweep again.")
 @probe_options
 @click.option("--no-figures", is_flag=True, help="Skip each spec's own figures and report (compare's are drawn).")
 @friendly_errors
@@ -59,7 +60,11 @@ def command(specs, no_null, model_name, dtype, device, revision, layer, concept,
             no_figures):
     """Give every spec the same KL budget (each calibrated to --target-kl of --stat on the same prompts), sweep
     them on the same held-out prompts, and tabulate what the budget bought: held-out KL, survival, median death,
-    the concept effect, log-rank p against the null and mean_diff. Writes OUT/compare.md and OUT/compare.csv."""
+    the concept effect, log-rank p against the null and mean_diff. Writes OUT/compare.md and OUT/compare.csv.
+
+    Each spec is a run directory OUT/SPEC (OUT/STAT/SPEC with several --stat). Rerunning resumes: a finished spec
+    costs nothing, a new --spec or alpha is added; other shared settings are refused (another --out, or --fresh).
+    Flags, spec names, files and --out are checked before the model loads."""
     from tl_isokl.compare import COMPARE_MD, run_compare, specs_with_null
     from tl_isokl.experiment import ExperimentSettings
     from tl_isokl.sweep import parse_alphas
@@ -76,6 +81,7 @@ def command(specs, no_null, model_name, dtype, device, revision, layer, concept,
         probe_false=tuple(map(unescape, probe_false)), probe_think_close=unescape(probe_think_close),
         skip_preflight=skip_preflight, chat_template=chat_template)
     prog = Progress()
-    res = run_compare(settings, parsed, out, stats=stats, null=not no_null, echo=click.echo, progress=prog)
+    res = run_compare(settings, parsed, out, stats=stats, null=not no_null, echo=click.echo,
+                      warn=lambda m: click.echo(f"Warning: {m}", err=True), progress=prog)
     prog.close()
     click.echo(f"compare: {Path(out) / COMPARE_MD} ({len(res['rows'])} rows, {len(res['figures'])} figures)")

@@ -19,6 +19,7 @@ swept like a method) is added unless left out explicitly: a real method should b
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -38,7 +39,8 @@ FIGURES = {"frontier": "effect_vs_survival.png", "km": "km_by_spec.png", "effect
 
 @dataclass(frozen=True)
 class Spec:
-    """One steering configuration of a comparison: a method of the registry and an optional cosine gate."""
+    """One steering configuration of a comparison: a method of the registry (its canonical name) and an optional
+    cosine gate with its threshold (None: the gate's default, 0)."""
 
     method: str
     gate: str | None = None
@@ -55,51 +57,74 @@ class Spec:
         """The run directory's name: the spec's name with ':' spelled '@' (portable file names)."""
         return self.name.replace(":", "@")
 
+    @property
+    def key(self) -> tuple[str, str | None, float]:
+        """What the spec steers with, whatever its spelling: `mean_diff+soft` and `mean_diff+soft:0` are one
+        spec (the gate's default tau is 0)."""
+        return self.method, self.gate, 0.0 if self.tau is None else float(self.tau)
+
+
+SPEC_EXAMPLE = "e.g. mean_diff, pca, pca+ablate, directional_ablation, random, mean_diff+soft:0.1"
+
 
 def parse_spec(text: str) -> Spec:
     """'mean_diff' | 'pca+ablate' | 'mean_diff+soft:0.1' | 'directional_ablation+hard:0.2' -> Spec.
 
-    The gate, if any, is the last '+' part and names a registered gate (optionally ':tau'); the rest is a method
-    name of `tl_isokl.methods` (which may itself contain '+', e.g. pca+ablate)."""
-    from tl_isokl.methods import GATES, check_gate, parse_method
+    The gate, if any, is the last '+' part and names a registered gate (optionally ':tau', a cosine in [-1, 1];
+    `sign` takes none); the rest is a method of `tl_isokl.methods` (which may itself contain '+', e.g. pca+ablate),
+    stored under its canonical name (`mean_diff+add` is `mean_diff`, `mean_diff+ablate` is
+    `directional_ablation`) so one configuration has one run directory. Everything is checked here, before any
+    model loads; errors are one line naming the bad part."""
+    from tl_isokl.methods import GATES, check_gate, method_name, parse_method
 
-    text = str(text).strip()
+    raw = str(text)
+    text = raw.strip()
     if not text:
-        raise IsoKLError("empty --spec; use a method name such as mean_diff, pca, directional_ablation, random, "
-                         "optionally with a gate: mean_diff+soft:0.1")
+        raise IsoKLError(f"empty --spec; use a method name, {SPEC_EXAMPLE}")
+    if any(not part for part in text.split("+")):
+        raise IsoKLError(f"--spec {raw!r} has an empty '+' part; write METHOD[+GATE[:TAU]], {SPEC_EXAMPLE}")
     method, gate, tau = text, None, None
     head, _, last = text.rpartition("+")
-    kind, _, tau_text = last.partition(":")
+    kind, colon, tau_text = last.partition(":")
     if head and kind in GATES:
         method, gate = head, kind
-        if tau_text:
+        if colon:
+            if kind == "sign":
+                raise IsoKLError(f"--spec {raw!r}: the sign gate has no threshold (it is sign(h.v)); write "
+                                 f"{head}+sign")
             try:
                 tau = float(tau_text)
             except ValueError:
-                raise IsoKLError(f"--spec {text!r}: gate threshold {tau_text!r} is not a number; write e.g. "
+                raise IsoKLError(f"--spec {raw!r}: gate threshold {tau_text!r} is not a number; write e.g. "
                                  f"{head}+{kind}:0.1") from None
+            if not -1.0 <= tau <= 1.0:  # NaN fails too
+                raise IsoKLError(f"--spec {raw!r}: gate threshold {tau_text!r} is outside [-1, 1]; it is a cosine "
+                                 f"threshold, e.g. {head}+{kind}:0.1")
     try:
-        parse_method(method)
+        extractor, operator = parse_method(method)
         if gate is not None:
             check_gate(method, gate)
     except IsoKLError as e:
-        raise IsoKLError(f"--spec {text!r}: {e}") from None
-    if method == "external":
-        raise IsoKLError(f"--spec {text!r}: compare extracts every spec from the same contrastive sets; an external "
+        raise IsoKLError(f"--spec {raw!r}: {e}") from None
+    if extractor.name == "external":
+        raise IsoKLError(f"--spec {raw!r}: compare extracts every spec from the same contrastive sets; an external "
                          f"vector is swept with `tl-isokl sweep --vector FILE`")
-    return Spec(method, gate, tau)
+    return Spec(method_name(extractor.name, operator.name), gate, tau)
 
 
 def specs_with_null(specs: Sequence[str | Spec], null: bool = True) -> list[Spec]:
-    """Parsed specs, duplicates refused, with the matched-KL null appended unless present or `null` is False."""
+    """Parsed specs, duplicates refused (also when spelled differently), with the matched-KL null appended unless
+    present or `null` is False."""
     out = [s if isinstance(s, Spec) else parse_spec(s) for s in specs]
-    names = [s.name for s in out]
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise IsoKLError(f"--spec {dup[0]} is given twice; give each spec once")
     if not out:
-        raise IsoKLError("no --spec given; e.g. --spec mean_diff --spec pca --spec directional_ablation")
-    if null and NULL_SPEC not in names:
+        raise IsoKLError(f"no --spec given; {SPEC_EXAMPLE}")
+    seen: dict[tuple, Spec] = {}
+    for s in out:
+        if s.key in seen:
+            same = "" if seen[s.key].name == s.name else f" (as {seen[s.key].name})"
+            raise IsoKLError(f"--spec {s.name} is given twice{same}; give each spec once")
+        seen[s.key] = s
+    if null and Spec(NULL_SPEC).key not in seen:
         out.append(Spec(NULL_SPEC))
     return out
 
@@ -114,30 +139,110 @@ def spec_dir(out: str | Path, spec: Spec, stat: str, n_stats: int) -> Path:
 
 
 def run_compare(settings, specs: Sequence[str | Spec], out: str | Path, *, stats: Sequence[str] = ("p95",),
-                null: bool = True, echo: Callable[[str], None] = lambda _: None, model=None,
-                progress: Callable | None = None) -> dict[str, Any]:
+                null: bool = True, echo: Callable[[str], None] = lambda _: None,
+                warn: Callable[[str], None] | None = None, model=None, progress: Callable | None = None
+                ) -> dict[str, Any]:
     """Calibrate and sweep every spec (x every calibration statistic) on one model load, then tabulate.
 
     `settings` is an `ExperimentSettings` holding everything the specs share (model, layer, window, alphas, prompt
-    sets, target, probe, ...); its method/gate/stat/out are replaced per spec. Returns `compare_table`'s result.
+    sets, target, probe, ...); its method/gate/stat/out are replaced per spec. Everything that needs no model is
+    checked first (`check_compare`). With `settings.fresh` every spec directory starts over and compare's own
+    files are deleted; otherwise each spec resumes (a spec whose cells exist costs no calibration). Returns
+    `write_compare`'s result.
     """
     from tl_isokl.experiment import load, run_sweep_experiment
+    from tl_isokl.files import atomic_write_json
 
     parsed = specs_with_null(specs, null=null)
     stats = list(dict.fromkeys(stats)) or [settings.stat]
     out = Path(out)
-    if settings.vector_path is not None:
-        raise IsoKLError("compare extracts each spec from the contrastive sets; drop --vector (sweep a vector file "
-                         "with `tl-isokl sweep --vector FILE`)")
+    request = check_compare(settings, parsed, out, stats)
+    for d in other_spec_dirs(out, parsed, stats):
+        echo(f"note: {d} is a spec run of an earlier comparison, not in this one (left as it is)")
     model = load(settings, echo) if model is None else model
+    if settings.fresh:
+        for p in compare_files(out):
+            p.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / COMPARE_JSON, {"specs": [s.name for s in parsed], "stats": stats, "request": request,
+                                           "rows": []})
     for stat in stats:
         for spec in parsed:
             d = spec_dir(out, spec, stat, len(stats))
             echo(f"== {spec.name} (target {settings.target:g} nats of {stat} KL) -> {d}")
             s = replace(settings, method=spec.method, gate=spec.gate, tau=spec.tau, stat=stat, out=d,
                         extra={**settings.extra, "compare": {"dir": str(out.resolve()), "spec": spec.name}})
-            run_sweep_experiment(s, echo=echo, warn=echo, model=model, progress=progress)
-    return write_compare(out, parsed, stats)
+            run_sweep_experiment(s, echo=echo, warn=warn or echo, model=model, progress=progress)
+    return write_compare(out, parsed, stats, request=request)
+
+
+def compare_request(settings) -> dict[str, Any]:
+    """What every spec of a comparison shares and a resumed comparison must keep (the sweep's own request, less
+    the method and gate): recorded in compare.json so that a changed setting is refused before any spec runs."""
+    from tl_isokl.experiment import sweep_request
+    from tl_isokl.runpolicy import model_spec
+
+    req = sweep_request(replace(settings, method="*", gate=None, tau=None), model_spec(settings.model), None, None)
+    req = {k: v for k, v in req.items() if k not in ("gate", "tau")}
+    req["vector"] = {k: v for k, v in req["vector"].items() if k != "method"}
+    return json.loads(json.dumps(req, default=str))  # as compare.json will read it back
+
+
+def compare_files(out: str | Path) -> list[Path]:
+    """compare's own outputs in `out` (what --fresh deletes besides each spec directory's tl-isokl files)."""
+    out = Path(out)
+    return [out / COMPARE_CSV, out / COMPARE_MD, out / COMPARE_JSON, *(out / "figures" / f for f in FIGURES.values())]
+
+
+def check_compare(settings, specs: Sequence[Spec], out: Path, stats: Sequence[str]) -> dict[str, Any]:
+    """Everything that needs no model, before it loads (one line each): --out is a writable folder that is not a
+    sweep's run directory, alphas (alpha 0 among them: effects are measured against it), statistics, probe, prompt
+    files, each spec directory's files, and (unless fresh) the settings an earlier comparison in `out` used.
+    Returns the comparison's request (`compare_request`)."""
+    from tl_isokl.files import check_writable_dir, read_json
+    from tl_isokl.prompts import read_prompts
+    from tl_isokl.runpolicy import open_run
+    from tl_isokl.statistics import statistic
+    from tl_isokl.sweep import check_disjoint, parse_alphas
+
+    if settings.vector_path is not None:
+        raise IsoKLError("compare extracts each spec from the contrastive sets; drop --vector (sweep a vector file "
+                         "with `tl-isokl sweep --vector FILE`)")
+    check_writable_dir(out, what="--out")
+    if (out / "manifest.json").is_file():
+        raise IsoKLError(f"--out {out} is a run directory (it has manifest.json); give compare a folder of its own, "
+                         f"it writes one run directory per spec inside it")
+    alphas = parse_alphas(settings.alphas)
+    if 0.0 not in alphas:
+        raise IsoKLError(f"--alphas {','.join(f'{a:g}' for a in alphas)} has no 0; compare measures each spec's "
+                         f"concept effect against its alpha 0 rollouts, add 0")
+    for st in stats:
+        statistic(st)
+    settings.probe()
+    held = read_prompts(settings.heldout_prompts) if settings.heldout_prompts is not None else None
+    if settings.calibration_prompts is not None:
+        cal = read_prompts(settings.calibration_prompts)
+        if held is not None:
+            check_disjoint(held, cal)
+    for stat in stats:
+        for spec in specs:
+            open_run(spec_dir(out, spec, stat, len(stats)), fresh=settings.fresh, flag="--out")
+    request = compare_request(settings)
+    if not settings.fresh and (out / COMPARE_JSON).is_file():
+        before = read_json(out / COMPARE_JSON, kind=dict).get("request")
+        if isinstance(before, dict) and before != request:
+            diff = [f"{k}: {before.get(k)!r} -> {request.get(k)!r}" for k in sorted(set(before) | set(request))
+                    if before.get(k) != request.get(k)]
+            raise IsoKLError(f"{out} holds a comparison made with other settings ({'; '.join(diff)}); use another "
+                             f"--out, or --fresh to start every spec over")
+    return request
+
+
+def other_spec_dirs(out: Path, specs: Sequence[Spec], stats: Sequence[str]) -> list[Path]:
+    """Spec run directories of an earlier comparison in `out` that this one leaves out (reported, never deleted)."""
+    mine = {spec_dir(out, s, st, len(stats)).resolve() for st in stats for s in specs}
+    found = [m.parent for m in [*out.glob("*/manifest.json"), *out.glob("*/*/manifest.json")]]
+    return sorted(d for d in found if d.resolve() not in mine)
 
 
 # ------------------------------------------------------------------------------------------------ tables
@@ -200,23 +305,27 @@ def load_spec_runs(out: str | Path, specs: Sequence[Spec], stat: str, n_stats: i
             if (spec_dir(out, s, stat, n_stats) / "manifest.json").is_file()}
 
 
-def write_compare(out: str | Path, specs: Sequence[Spec], stats: Sequence[str], *,
-                  threshold: float | None = None) -> dict[str, Any]:
-    """compare.csv / compare.md / compare.json and the figures, from the spec run directories under `out`."""
-    from tl_isokl.files import atomic_write_json, atomic_write_text, csv_text
+def write_compare(out: str | Path, specs: Sequence[Spec], stats: Sequence[str], *, threshold: float | None = None,
+                  request: dict[str, Any] | None = None) -> dict[str, Any]:
+    """compare.csv / compare.md / compare.json and the figures, from the spec run directories under `out`
+    (`request`: the shared settings compare.json records for the next resume's check)."""
+    from tl_isokl.files import atomic_write_json, atomic_write_text, csv_text, read_json
 
     out = Path(out)
     all_rows: list[dict[str, Any]] = []
+    runs_by_stat = {}
     for stat in stats:
-        runs = load_spec_runs(out, specs, stat, len(stats))
-        effects = effects_of_runs(runs)
-        all_rows += compare_rows(runs, threshold=threshold, effects=effects)
+        runs_by_stat[stat] = runs = load_spec_runs(out, specs, stat, len(stats))
+        all_rows += compare_rows(runs, threshold=threshold, effects=effects_of_runs(runs))
     if not all_rows:
         raise IsoKLError(f"{out} holds no finished spec runs; run `tl-isokl compare --spec ... --out {out}` first")
+    if request is None and (out / COMPARE_JSON).is_file():
+        request = read_json(out / COMPARE_JSON, kind=dict).get("request")
     atomic_write_text(out / COMPARE_CSV, csv_text(all_rows, _columns(all_rows)))
-    atomic_write_json(out / COMPARE_JSON, {"specs": [s.name for s in specs], "stats": list(stats), "rows": all_rows})
-    figs = draw_compare_figures(out, all_rows, specs, stats)
-    atomic_write_text(out / COMPARE_MD, compare_markdown(all_rows, specs, stats, figs))
+    atomic_write_json(out / COMPARE_JSON, {"specs": [s.name for s in specs], "stats": list(stats),
+                                           "request": request, "rows": all_rows})
+    figs = draw_compare_figures(out, all_rows, runs_by_stat[stats[0]], stats[0])
+    atomic_write_text(out / COMPARE_MD, compare_markdown(all_rows, specs, stats, figs, out=out))
     return {"rows": all_rows, "figures": figs}
 
 
@@ -249,12 +358,21 @@ def effects_of_runs(runs: dict[str, Any]) -> dict[str, Any] | None:
     return out or None
 
 
+P_NOTE = ("`p_vs_random` / `p_vs_mean_diff`: two-sided log-rank p of the survival curves against the matched-KL null "
+          "and against mean_diff at the same alpha; `—` = no such comparison (the row is that reference itself), "
+          "`n/a` = the test is undefined: no deaths in either group.")
+
+
 def compare_markdown(rows: Sequence[dict[str, Any]], specs: Sequence[Spec], stats: Sequence[str],
-                     figures: Sequence[Path] = ()) -> str:
+                     figures: Sequence[Path] = (), *, out: str | Path | None = None) -> str:
+    """compare.md: one table per calibration statistic, what the columns mean, the figures (linked relative to
+    `out`, where compare.md lives, so the folder can move)."""
     from tl_isokl.report import markdown_table
 
+    names = {r["spec"] for r in rows}
     cols = ["spec", "alpha", "c_star", "kl_p95", "died", "n", "S_end", "S_end_low", "S_end_high", "median_death",
             "effect", "effect_low", "effect_high", "p_vs_random", "p_vs_mean_diff"]
+    cols = [c for c in cols if not (c.startswith("p_vs_") and c[len("p_vs_"):] not in names)]  # reference absent
     parts = ["# Compare: what the same KL budget buys", "",
              f"Specs: {', '.join(s.name for s in specs)}. Each is a run directory beside this file (report, plot, "
              f"inspect and cosine work on it). Every spec was calibrated to the same target on the same calibration "
@@ -262,12 +380,16 @@ def compare_markdown(rows: Sequence[dict[str, Any]], specs: Sequence[Spec], stat
              "- `c_star`: the spec's iso-KL dose; `kl_p95`: the held-out p95 KL actually delivered at that alpha "
              "(does the budget transfer off the calibration prompts?).",
              "- `died`/`n`, `S_end` (Kaplan-Meier survival at the window, with its 95% band), `median_death` "
-             "(token; empty = not reached).",
+             "(token; `—` = not reached).",
              "- `effect`: how far the *base* model reads the steered text toward the concept, relative to alpha 0, "
              "in units of the concept's own contrastive separation (1.0 = as far as the contrastive examples "
-             "differ); mean over prompts, 95% percentile-bootstrap interval over prompts.",
-             "- `p_vs_random` / `p_vs_mean_diff`: log-rank p of the survival curves against the matched-KL null and "
-             "against mean_diff at the same alpha.", ""]
+             "differ); mean over prompts, 95% percentile-bootstrap interval over prompts (no effect columns: the "
+             "runs did not measure it).",
+             f"- {P_NOTE}",
+             "- compare.csv has every column; there an empty cell is `—` and `nan` is `n/a`.", ""]
+    if any(r["alpha"] < 0 for r in rows):
+        parts[-1:-1] = ["- A negative alpha steers along -v at |alpha| x c*, the dose calibrated for +v: -v need not "
+                        "cost the same KL (compare `kl_p95` at -1 and 1), so negative alphas are not iso-KL doses."]
     for stat in stats:
         sub = [r for r in rows if r.get("stat") == stat] or list(rows)
         parts += [f"## Target: {stat} KL", "", markdown_table(sub, [c for c in cols if any(c in r for r in sub)]),
@@ -278,30 +400,36 @@ def compare_markdown(rows: Sequence[dict[str, Any]], specs: Sequence[Spec], stat
               "`effect` at equal alpha, and read `kl_p95` to see whether each method actually received the same "
               "budget off the calibration prompts.", ""]
     for f in figures:
-        parts.append(f"![{f.stem}]({f.relative_to(f.parents[1]) if len(f.parents) > 1 else f.name})")
+        f = Path(f)
+        link = f.relative_to(out).as_posix() if out is not None and f.is_relative_to(out) else f.name
+        parts.append(f"![{f.stem}]({link})")
     return "\n".join(parts) + "\n"
 
 
-def draw_compare_figures(out: Path, rows: Sequence[dict[str, Any]], specs: Sequence[Spec],
-                         stats: Sequence[str]) -> list[Path]:
+def draw_compare_figures(out: str | Path, rows: Sequence[dict[str, Any]], runs: dict[str, Any], stat: str
+                         ) -> list[Path]:
+    """The figures of one calibration statistic's rows and runs into OUT/figures/ (a figure with nothing to draw
+    is not written, and an earlier copy of it is deleted: compare.md links only what matches its table)."""
     from tl_isokl.figures.compare import effect_vs_alpha, effect_vs_survival, km_by_spec
 
     figdir = Path(out) / "figures"
     figdir.mkdir(parents=True, exist_ok=True)
     paths = []
-    stat = stats[0]
     sub = [r for r in rows if r.get("stat") == stat] or list(rows)
-    runs = load_spec_runs(out, specs, stat, len(stats))
-    for key, fig in (("frontier", effect_vs_survival(sub)), ("effect", effect_vs_alpha(sub)),
-                     ("km", km_by_spec(runs, alphas=(1.0, 2.0)))):
-        if fig is None:
-            continue
+    for key, draw in (("frontier", lambda: effect_vs_survival(sub)), ("effect", lambda: effect_vs_alpha(sub)),
+                      ("km", lambda: km_by_spec(runs, alphas=(1.0, 2.0)))):
         p = figdir / FIGURES[key]
-        tmp = p.with_name(f".{p.name}.tmp.png")
-        fig.savefig(tmp, dpi=110)
-        tmp.replace(p)
+        fig = draw()
+        if fig is None:
+            p.unlink(missing_ok=True)
+            continue
         import matplotlib.pyplot as plt
 
-        plt.close(fig)
+        tmp = p.with_name(f".{p.name}.tmp.png")
+        try:
+            fig.savefig(tmp, dpi=110)
+        finally:
+            plt.close(fig)
+        tmp.replace(p)
         paths.append(p)
     return paths

@@ -25,14 +25,23 @@ def _finite(v: Any) -> bool:
     return v is not None and isinstance(v, (int, float)) and math.isfinite(v)
 
 
+def _err(v: float, lo: Any, hi: Any):
+    """errorbar's [[below], [above]] for an interval around v; None when the interval is unknown (NaN where the
+    band is undefined, e.g. at S = 0). Clipped at 0: matplotlib refuses a negative extent."""
+    if not (_finite(lo) and _finite(hi)):
+        return None
+    return [[max(0.0, v - lo)], [max(0.0, hi - v)]]
+
+
 def _specs(rows: Sequence[dict[str, Any]]) -> list[str]:
     return list(dict.fromkeys(r["spec"] for r in rows))
 
 
 def effect_vs_survival(rows: Sequence[dict[str, Any]]):
-    """One panel per alpha > 0: a point per spec at (S(window), effect) with both intervals. Up and to the right
-    is better: more concept for the same budget, fewer deaths."""
-    rows = [r for r in rows if r["alpha"] > 0 and _finite(r.get("effect"))]
+    """One panel per alpha other than 0 (the reference of every effect): a point per spec at (S(window), effect)
+    with both intervals. Up (down, for a negative alpha) and to the right is better: more concept for the same
+    budget, fewer deaths."""
+    rows = [r for r in rows if r["alpha"] != 0 and _finite(r.get("effect"))]
     if not rows:
         return None
     plt = _plt()
@@ -43,11 +52,9 @@ def effect_vs_survival(rows: Sequence[dict[str, Any]]):
     for ax, a in zip(axes[0], alphas):
         for r in (r for r in rows if r["alpha"] == a):
             x, y = r["S_end"], r["effect"]
-            xerr = [[x - r["S_end_low"]], [r["S_end_high"] - x]] if _finite(r.get("S_end_low")) and _finite(
-                r.get("S_end_high")) else None
-            yerr = [[y - r["effect_low"]], [r["effect_high"] - y]] if _finite(r.get("effect_low")) else None
-            ax.errorbar([x], [y], xerr=xerr, yerr=yerr, fmt="o", color=colors[r["spec"]], label=r["spec"],
-                        capsize=2)
+            ax.errorbar([x], [y], xerr=_err(x, r.get("S_end_low"), r.get("S_end_high")),
+                        yerr=_err(y, r.get("effect_low"), r.get("effect_high")), fmt="o", color=colors[r["spec"]],
+                        label=r["spec"], capsize=2)
         ax.axhline(0, color="0.7", lw=0.8)
         ax.set_xlim(-0.05, 1.05)
         ax.set_title(f"α = {a:g}")
