@@ -160,6 +160,7 @@ def run_compare(settings, specs: Sequence[str | Spec], out: str | Path, *, stats
     for d in other_spec_dirs(out, parsed, stats):
         echo(f"note: {d} is a spec run of an earlier comparison, not in this one (left as it is)")
     model = load(settings, echo) if model is None else model
+    preflight = None
     if settings.fresh:
         for p in compare_files(out):
             p.unlink(missing_ok=True)
@@ -172,7 +173,9 @@ def run_compare(settings, specs: Sequence[str | Spec], out: str | Path, *, stats
             echo(f"== {spec.name} (target {settings.target:g} nats of {stat} KL) -> {d}")
             s = replace(settings, method=spec.method, gate=spec.gate, tau=spec.tau, stat=stat, out=d,
                         extra={**settings.extra, "compare": {"dir": str(out.resolve()), "spec": spec.name}})
-            run_sweep_experiment(s, echo=echo, warn=warn or echo, model=model, progress=progress)
+            run = run_sweep_experiment(s, echo=echo, warn=warn or echo, model=model, progress=progress,
+                                       preflight=preflight)
+            preflight = run.manifest.get("preflight") or None  # same model, prompts and probe for every spec
     return write_compare(out, parsed, stats, request=request)
 
 

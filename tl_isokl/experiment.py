@@ -358,10 +358,11 @@ def _explicit_fix(s: ExperimentSettings) -> str:
 def run_sweep_experiment(s: ExperimentSettings, *, echo: Echo = _quiet, warn: Echo = _quiet,
                          on_round: Callable | None = None, cal_progress: Callable | None = None,
                          progress: Callable | None = None, before_cells: Callable[[], None] | None = None,
-                         model=None):
+                         model=None, preflight: dict | None = None):
     """`tl-isokl sweep`: calibrate unless a calibration is given or found, sweep alpha, write tables, figures and
     the report; returns the loaded `Run`. Rerunning with the same settings resumes. `model`: an already loaded
-    model for `s.model` (compare runs many specs on one load); loaded here when None."""
+    model for `s.model` (compare runs many specs on one load); loaded here when None. `preflight`: the preflight
+    result of an earlier run on the same model, held-out prompts and probe (compare's later specs), not rerun."""
     from tl_isokl.files import atomic_write_json, read_json
     from tl_isokl.identity import (FIX_RUN, calibration_identity, check_calibration, check_converged,
                                    heldout_transfer, transfer_message)
@@ -400,7 +401,8 @@ def run_sweep_experiment(s: ExperimentSettings, *, echo: Echo = _quiet, warn: Ec
     vec = resolve_vector(state, model_vector(model, s, file_vec), extracted=file_vec is None)
     cids, cprompts, cframing = prompt_set(model, s.calibration_prompts, "calibration", s.chat_template)
     ids, prompts, hframing = prompt_set(model, s.heldout_prompts, "heldout", s.chat_template)
-    pre = run_preflight(model, prompts, probe, s, echo)  # before minutes of calibration, not after
+    # before minutes of calibration, not after; `preflight` = a result for this model, prompts and probe already
+    pre = preflight if preflight is not None else run_preflight(model, prompts, probe, s, echo)
     sampling_id = s.sampling().to_dict() if s.temperature > 0 else None
     wanted = calibration_identity(model, vec, cprompts, stat=s.stat, target=s.target, tol=s.tol, window=s.window,
                                   positions=s.positions, c_min=s.c_min, c_max=s.c_max, sampling=sampling_id)
