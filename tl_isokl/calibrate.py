@@ -119,6 +119,36 @@ class CalibrationResult:
         """The dose-response shape of this calibration's history (what the shape fields hold)."""
         return dose_response([p.coeff for p in self.history], [p.value for p in self.history], self.target)
 
+    def __repr__(self) -> str:
+        """One line: the dose and how it was reached (the full record is `to_dict()`; `history` has every dose)."""
+        model = (self.identity or {}).get("model")
+        name = model.get("name") if isinstance(model, Mapping) else model
+        return (f"CalibrationResult(c_star={self.c_star:.4g}, {self.stat}={self.achieved:.4g} (target "
+                f"{self.target:g}, tol {self.tol:g}), converged={self.converged}, window={self.window}, "
+                f"rounds={self.rounds}, doses={self.doses}, prompts={len(self.per_prompt_c_star)}"
+                + (f", model={name!r}" if name else "") + ")")
+
+    def _repr_html_(self) -> str:
+        """The notebook view: the result, the per-prompt spread and the doses tried, as small tables."""
+        import html
+
+        def num(v: Any) -> str:
+            return "—" if v is None else (f"{v:.4g}" if isinstance(v, float) else html.escape(str(v)))
+
+        sp = self.spread()
+        head = [("c*", self.c_star), (f"{self.stat} achieved (nats)", self.achieved), ("target", self.target),
+                ("tolerance (relative)", self.tol), ("converged", self.converged), ("window", self.window),
+                ("rounds / doses", f"{self.rounds} / {self.doses}"), ("prompts", len(self.per_prompt_c_star)),
+                ("per-prompt c* min / median / max", " / ".join(num(sp[k]) for k in ("min", "median", "max"))),
+                ("prompts not bracketed", sp["not_bracketed"]), ("solver", self.solver or "—")]
+        rows = "".join(f"<tr><th style='text-align:left'>{html.escape(k)}</th><td>{num(v)}</td></tr>"
+                       for k, v in head)
+        doses = "".join(f"<tr><td>{num(float(p.coeff))}</td><td>{num(float(p.value))}</td></tr>"
+                        for p in sorted(self.history, key=lambda p: p.coeff))
+        return (f"<div><b>CalibrationResult</b><table>{rows}</table><details><summary>{self.doses} doses tried"
+                f"</summary><table><tr><th>coeff</th><th>{html.escape(self.stat)} (nats)</th></tr>{doses}</table>"
+                f"</details></div>")
+
     def to_dict(self, include_kl: bool = False) -> dict:
         hist = []
         for p in sorted(self.history, key=lambda p: p.coeff):

@@ -9,8 +9,10 @@ Layout (all JSON is UTF-8, NaN written as null)::
       cells/alpha=<a>.jsonl  one Trajectory per line (see tl_isokl.records); a file exists only once its
                              alpha cell finished, which is what makes `sweep` resumable
       forks.csv              row, prompt_id, alpha, t, pmass, p_true, alive, death interval (derived)
-      summary.csv            per alpha: n, died, censored, KL p50/p95/max, median death token (derived)
+      summary.csv            per alpha: n, died, censored, KL p50/p95/max, median death token (derived; an
+                             empty cell = the median was not reached, so the column stays numeric)
       report.md              `tl-isokl report`: identity, calibration, survival and KL tables, caveats
+      report.html            the same as one self-contained page (figures inline, opens offline)
       figures/               PNGs drawn by `tl-isokl plot` from the files above
       inspect/               `tl-isokl inspect`: index.html, trace-r<row>.html, deaths.json / deaths.csv
       threshold=<v>/         report.md, figures/, inspect/ re-derived at another --threshold (never overwriting
@@ -40,6 +42,7 @@ CELLS = "cells"
 FORKS = "forks.csv"
 SUMMARY = "summary.csv"
 REPORT = "report.md"
+REPORT_HTML = "report.html"  # the report as one self-contained page (tl_isokl.report.write_report_html)
 FIGURES_DIR = "figures"
 FIGURES = {
     "spaghetti_raw": "spaghetti_raw.png",
@@ -208,6 +211,105 @@ class Run:
             out[t.alpha].append(t)
         return out
 
+    # ------------------------------------------------------------------------------ notebooks and data frames
+
+    def _died(self) -> dict[float, tuple[int, int]]:
+        from tl_isokl.records import fate
+
+        return {a: (sum(fate(t, self.threshold).died for t in ts), len(ts)) for a, ts in self.by_alpha().items()}
+
+    def __repr__(self) -> str:
+        m, cal = self.manifest, self.calibration or {}
+        c = cal.get("c_star")
+        c_text = f"{c:.4g}" if isinstance(c, (int, float)) else "?"
+        died = ", ".join(f"{a:g}: {d}/{n}" for a, (d, n) in self._died().items())
+        return (f"Run({str(self.path)!r}, model={m.get('model')!r}, method={m.get('method')!r}, "
+                f"layer={m.get('layer')}, c*={c_text}, window={m.get('window')}, threshold={self.threshold:g}, "
+                f"{len(self.trajectories)} trajectories, died by alpha {{{died}}})")
+
+    def to_pandas(self) -> dict[str, Any]:
+        """{"summary": one row per alpha (summary.csv's columns), "forks": one row per probed fork (forks.csv's
+        columns)} as pandas DataFrames, computed from the loaded trajectories at the run's threshold. Needs pandas
+        (imported here, not by tl_isokl)."""
+        import pandas as pd
+
+        from tl_isokl.sweep import summary_rows
+
+        return {"summary": pd.DataFrame(summary_rows(self)), "forks": pd.DataFrame(self.fork_rows())}
+
+    def fork_rows(self) -> list[dict[str, Any]]:
+        """forks.csv as dicts: row, prompt_id, alpha, t, pmass, p_true, alive, and the trace's death interval
+        (last_alive_fork, death_fork], None when it did not die."""
+        from tl_isokl.records import fate
+
+        out = []
+        for row, t in enumerate(self.trajectories):
+            fa = fate(t, self.threshold)
+            lo, hi = fa.interval if fa.died else (None, None)
+            for f in t.forks:
+                out.append({"row": row, "prompt_id": t.prompt_id, "alpha": t.alpha, "t": f.t, "pmass": f.pmass,
+                            "p_true": f.p_true, "alive": bool(f.alive(self.threshold)), "last_alive_fork": lo,
+                            "death_fork": hi})
+        return out
+
+    def figures_png(self, keys: tuple[str, ...] = ("survival", "spaghetti_raw")) -> dict[str, bytes]:
+        """PNG bytes of figures `keys` (see FIGURES): the run's files where they exist, else drawn in memory."""
+        import io
+
+        out = {}
+        for key in keys:
+            path = RunDir(self.path).figure_path(key)
+            if path.is_file():
+                out[key] = path.read_bytes()
+                continue
+            if key == "survival":
+                from tl_isokl.figures.survival import survival_plot
+                from tl_isokl.survival import km_curves, run_window
+
+                fig = survival_plot(km_curves(self), window=run_window(self), threshold=self.threshold).figure
+            elif key in ("spaghetti_raw", "spaghetti_normalised"):
+                from tl_isokl.figures.spaghetti import spaghetti
+
+                fig = spaghetti(self, mode=key.split("_", 1)[1])
+            else:
+                continue
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", dpi=90)
+            out[key] = buf.getvalue()
+        return out
+
+    def _repr_html_(self) -> str:
+        """The inline view in a notebook: what was run, the per-alpha summary table and the survival and spaghetti
+        figures (base64 PNG: no files needed)."""
+        import base64
+        import html
+
+        from tl_isokl.sweep import summary_rows
+
+        m, cal = self.manifest, self.calibration or {}
+        c = cal.get("c_star")
+        head = (f"<b>tl-isokl run</b> <code>{html.escape(str(self.path))}</code><br>"
+                f"model <code>{html.escape(str(m.get('model')))}</code> · method {html.escape(str(m.get('method')))}"
+                f" · layer {m.get('layer')} · c* = {f'{c:.4g}' if isinstance(c, (int, float)) else '?'}"
+                f" · window {m.get('window')} · threshold {self.threshold:g}")
+        cols = [("alpha", "alpha"), ("coeff", "coeff"), ("n", "n"), ("died", "died"), ("censored", "censored"),
+                ("kl_p50", "KL p50"), ("kl_p95", "KL p95"), ("kl_max", "KL max"),
+                ("median_death_token", "median death")]
+        rows = summary_rows(self)
+
+        def cell(v: Any) -> str:
+            if v is None:
+                return "—"
+            return f"{v:.4g}" if isinstance(v, float) else html.escape(str(v))
+
+        table = ("<table><tr>" + "".join(f"<th>{h}</th>" for _, h in cols) + "</tr>" +
+                 "".join("<tr>" + "".join(f"<td>{cell(r.get(k))}</td>" for k, _ in cols) + "</tr>" for r in rows)
+                 + "</table>")
+        imgs = "".join(f'<img alt="{k}" style="max-width:48%;margin:4px" '
+                       f'src="data:image/png;base64,{base64.b64encode(b).decode()}">'
+                       for k, b in self.figures_png().items())
+        return f"<div>{head}{table}<div>{imgs}</div><small>median death: — = not reached</small></div>"
+
 
 class RunDir:
     """Paths and atomic reads/writes of one run directory."""
@@ -252,6 +354,10 @@ class RunDir:
         return self.path / REPORT
 
     @property
+    def report_html_path(self) -> Path:
+        return self.path / REPORT_HTML
+
+    @property
     def inspect_dir(self) -> Path:
         """Default folder of `tl-isokl inspect` pages (index.html, trace-r*.html, deaths.json/csv)."""
         return self.path / INSPECT_DIR
@@ -270,13 +376,13 @@ class RunDir:
         """(folder, glob patterns) of every file tl-isokl writes into a run directory: what `--fresh` may remove,
         and nothing else."""
         return [
-            (self.path, [MANIFEST, CALIBRATION, CALIBRATION_NEG, VECTOR, FORKS, SUMMARY, REPORT]),
+            (self.path, [MANIFEST, CALIBRATION, CALIBRATION_NEG, VECTOR, FORKS, SUMMARY, REPORT, REPORT_HTML]),
             (self.path / CELLS, ["alpha=*.jsonl"]),
             (self.figures, list(FIGURES.values())),
             (self.inspect_dir, list(INSPECT_FILES)),
             *[(d / FIGURES_DIR, list(FIGURES.values())) for d in self.rederived_dirs()],
             *[(d / INSPECT_DIR, list(INSPECT_FILES)) for d in self.rederived_dirs()],
-            *[(d, [REPORT]) for d in self.rederived_dirs()],  # after its subfolders: removed once empty
+            *[(d, [REPORT, REPORT_HTML]) for d in self.rederived_dirs()],  # after its subfolders: removed once empty
         ]
 
     def rederived_dirs(self) -> list[Path]:

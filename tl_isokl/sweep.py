@@ -320,8 +320,9 @@ def run_cell(model, vector: SteeringVector, alpha: float, cfg: SweepConfig, roll
 
 def summary_rows(run: Run) -> list[dict[str, Any]]:
     """Per alpha: n, died, censored (at their last probed fork; censored_eos: of those, ended at EOS), KL
-    p50/p95/max, KM median death token and the fork after which the median deaths were last seen alive; where the
-    prompts carry answers, the three fates and the probe's accuracy (`tl_isokl.outcomes`)."""
+    p50/p95/max, KM median death token (None = not reached: an empty cell in summary.csv, so the column stays
+    numeric) and the fork after which the median deaths were last seen alive; where the prompts carry answers, the
+    three fates and the probe's accuracy (`tl_isokl.outcomes`)."""
     from tl_isokl.outcomes import outcome_columns
     from tl_isokl.survival import kaplan_meier
 
@@ -335,7 +336,7 @@ def summary_rows(run: Run) -> list[dict[str, Any]]:
             "died": sum(f.died for f in fs), "censored": sum(not f.died for f in fs),
             "censored_eos": sum((not f.died) and f.eos for f in fs),
             "kl_p50": kl["p50"], "kl_p95": kl["p95"], "kl_max": kl["max"],
-            "median_death_token": med if med is not None else "not reached",
+            "median_death_token": med,  # None = not reached (empty in summary.csv; "not reached" when printed)
             "median_death_after": _interval_start(fs, med),
             **outcome_columns(run, ts),  # alive-and-right / -wrong and accuracy, only where answers are known
         })
@@ -370,6 +371,8 @@ def write_tables(run: Run) -> None:
 
 def _median_text(r: dict[str, Any]) -> str:
     m, lo = r["median_death_token"], r.get("median_death_after", "")
+    if m is None or m == "" or m == "not reached":
+        return "not reached"
     if not isinstance(m, int) or lo == "":
         return str(m)
     if lo == "prompt":
