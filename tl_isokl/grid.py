@@ -1,0 +1,669 @@
+"""Grids of experiments as idempotent cells: `tl-isokl grid GRID.toml --out DIR`, locally or on Ray.
+
+A grid is the product of the axes in GRID.toml (model x spec x layer x window x target x ...); every point is one
+ordinary sweep experiment, a run directory ``DIR/<name>`` named like `tl-isokl sweep`'s default folder
+(`runpolicy.default_run_path`), which report / plot / inspect / compare read as they read any sweep.
+
+Each experiment is split into **cells**, each identified by a hash of everything that changes its result (the
+experiment's `sweep_request` plus the cell's kind and alphas) and each written atomically into the run directory:
+
+* ``calibrate``: preflight on the held-out prompts, c* (calibration.json, vector.safetensors, a calibrate
+  manifest), and the experiment's plan: the fixed partition of its alphas into decode groups
+  (`sweep.alpha_groups`, exactly the groups `tl-isokl sweep` would decode together).
+* ``sweep``: one alpha group, i.e. `run_sweep_experiment` restricted to those alphas: its cells/alpha=<a>.jsonl
+  files, byte-identical to an ordinary sweep's (same batch composition, same calibration, same vector).
+* ``merge``: `run_sweep_experiment` over all alphas once every alpha file exists: it recomputes nothing, and writes
+  the manifest (all alphas), summary.csv, forks.csv, figures and report, as a resumed `tl-isokl sweep` would.
+
+A cell whose files exist is skipped, so a rerun, a retried Ray task, a preempted node or a second driver on the
+same DIR never recomputes finished work. Cells take a lock file (``DIR/.grid/<name>/<cell id>.lock``, `fcntl.flock`)
+while they run: a second driver waits for the first, then finds the files and skips. Bookkeeping (plan, failures,
+locks, the merge marker) lives in ``DIR/.grid/``, never in the run directories; ``DIR/grid.json`` lists the
+experiments for `status`.
+
+Engines: ``local`` runs the cells in this process in dependency order (calibrate, its sweep cells, merge), one
+progress line per finished cell; ``ray`` submits every cell as a Ray task (`ray.init()` locally or `address=` for a
+cluster), with num_cpus / num_gpus per cell and retries; each worker keeps the loaded model per model spec across
+cells (`cached_model`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import json
+import threading
+import time
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+from tl_isokl.errors import IsoKLError
+
+Echo = Callable[[str], None]
+
+GRID_JSON = "grid.json"
+STATE_DIR = ".grid"
+PLAN = "plan.json"
+FAILED = "failed.json"
+MERGED = "merged.json"
+
+# axes: a value or a list of values in GRID.toml; the product is the set of experiments
+AXES = {
+    "model": "model", "spec": None, "layer": "layer", "window": "window", "target": "target", "stat": "stat",
+    "prompts": "heldout_prompts", "calibration_prompts": "calibration_prompts", "seed": "seed",
+    "concept": "concept", "threshold": "threshold",
+}
+PATH_FIELDS = ("heldout_prompts", "calibration_prompts", "probe_file")
+# settings every experiment shares ([settings] table): ExperimentSettings fields by name
+SETTINGS = ("dtype", "device", "positions", "tol", "c_min", "c_max", "batch_size", "schedule", "allow_unconverged",
+            "allow_other_model", "figures", "probe_preset", "probe_file", "probe_prefill", "probe_true",
+            "probe_false", "probe_think_close", "skip_preflight", "chat_template", "revision", "temperature",
+            "top_p", "samples_per_prompt")
+EXAMPLE = 'e.g. spec = ["mean_diff", "pca"], layer = [2, 3], window = 64, alphas = [0, 1, 2]'
+
+
+class GridError(IsoKLError):
+    """A GRID.toml that cannot be run (one line naming the key, the value and the fix)."""
+
+
+# ------------------------------------------------------------------------------------------------ the grid file
+
+
+@dataclass
+class Experiment:
+    """One point of the grid: its run directory's name, the axis values that made it, and its settings."""
+
+    name: str
+    axes: dict[str, Any]
+    settings: Any  # ExperimentSettings, out = DIR/name
+
+
+@dataclass
+class Grid:
+    path: Path | None
+    alphas: tuple[float, ...]
+    experiments: list[Experiment] = field(default_factory=list)
+
+
+def _as_list(key: str, value: Any) -> list:
+    vals = value if isinstance(value, list) else [value]
+    if not vals:
+        raise GridError(f"GRID.toml: {key} = [] is empty; give a value or a list of values, {EXAMPLE}")
+    return vals
+
+
+def _check_type(key: str, value: Any, types: tuple, what: str) -> Any:
+    if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+        raise GridError(f"GRID.toml: {key} = {value!r} must be {what}")
+    return value
+
+
+def _path(base: Path, key: str, value: Any) -> Path:
+    _check_type(key, value, (str,), "a file path (a string, relative to GRID.toml)")
+    p = Path(value).expanduser()
+    p = p if p.is_absolute() else base / p
+    if not p.is_file():
+        raise GridError(f"GRID.toml: {key} = {value!r}: no such file {p}; paths are relative to GRID.toml's folder")
+    return p
+
+
+def parse_grid(source: str | Path | Mapping[str, Any], *, base: Path | None = None) -> Grid:
+    """GRID.toml (a path, or its parsed table) -> Grid: every experiment's settings, checked before any model loads.
+
+    Top-level keys: the axes (model, spec, layer, window, target, stat, prompts, calibration_prompts, seed,
+    concept, threshold; each a value or a list), ``alphas`` (one list of doses, shared by every experiment: each
+    alpha is already its own cell) and an optional ``[settings]`` table of shared sweep settings (dtype, tol,
+    batch_size, probe_preset, skip_preflight, ...)."""
+    from tl_isokl.compare import parse_spec
+    from tl_isokl.experiment import ExperimentSettings, check_stat
+    from tl_isokl.sweep import parse_alphas
+
+    path = None
+    if isinstance(source, Mapping):
+        table = dict(source)
+        base = Path(base or ".")
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise GridError(f"grid file {str(path)!r} does not exist; write a GRID.toml ({EXAMPLE})")
+        try:
+            table = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as e:
+            raise GridError(f"{path}: not valid TOML ({e}); fix the file ({EXAMPLE})") from None
+        except UnicodeDecodeError:
+            raise GridError(f"{path}: not UTF-8 text; save GRID.toml as UTF-8") from None
+        base = path.parent
+    unknown = sorted(set(table) - set(AXES) - {"alphas", "settings"})
+    if unknown:
+        raise GridError(f"GRID.toml: unknown key {unknown[0]!r}; axes are {', '.join(sorted(AXES))}, plus alphas "
+                        f"and a [settings] table")
+    if "alphas" not in table:
+        raise GridError("GRID.toml: no alphas; add e.g. alphas = [0, 0.5, 1, 2, 4] (doses in units of c*)")
+    raw_alphas = table["alphas"]
+    if isinstance(raw_alphas, list) and any(isinstance(a, list) for a in raw_alphas):
+        raise GridError(f"GRID.toml: alphas = {raw_alphas!r} is a list of lists; give one list of doses shared by "
+                        f"every experiment (each alpha is its own cell already), e.g. alphas = [0, 1, 2]")
+    if not isinstance(raw_alphas, (list, str)) or any(isinstance(a, (bool, str)) for a in _as_list("alphas",
+                                                                                                     raw_alphas)):
+        raise GridError(f"GRID.toml: alphas = {raw_alphas!r} must be a list of numbers, e.g. alphas = [0, 1, 2]")
+    try:
+        alphas = parse_alphas(raw_alphas)
+    except IsoKLError as e:
+        raise GridError(f"GRID.toml: alphas = {raw_alphas!r}: {e}") from None
+
+    shared: dict[str, Any] = {}
+    settings = table.get("settings", {})
+    if not isinstance(settings, dict):
+        raise GridError(f"GRID.toml: settings = {settings!r} must be a table ([settings] with key = value lines)")
+    for k, v in settings.items():
+        if k not in SETTINGS:
+            hint = (f"; {k} is an axis: put it at the top level" if k in AXES or k in ("heldout_prompts",) else "")
+            raise GridError(f"GRID.toml: [settings] has unknown key {k!r}{hint}; known: {', '.join(SETTINGS)}")
+        if k in PATH_FIELDS:
+            v = _path(base, f"settings.{k}", v)
+        elif k in ("probe_true", "probe_false"):
+            v = tuple(_as_list(f"settings.{k}", v))
+        shared[k] = v
+
+    axes: dict[str, list] = {}
+    for key in AXES:
+        if key in table:
+            axes[key] = _as_list(key, table[key])
+    checked: dict[str, list] = {}
+    for key, vals in axes.items():
+        out = []
+        for v in vals:
+            if key == "model":
+                _check_type(key, v, (str,), 'a model name or folder (a string; "embedded" = the built-in test bed)')
+                if v != "embedded" and Path(v).expanduser().exists() is False and not Path(v).is_absolute() and (
+                        base / v).exists():
+                    v = str(base / v)
+                out.append(None if v == "embedded" else v)
+            elif key == "spec":
+                _check_type(key, v, (str,), f"a steering spec (a string), {EXAMPLE}")
+                try:
+                    out.append(parse_spec(v))
+                except IsoKLError as e:
+                    raise GridError(f"GRID.toml: spec = {v!r}: {e}") from None
+            elif key == "layer":
+                if v == "mid":
+                    out.append(None)
+                else:
+                    _check_type(key, v, (int,), 'a block index (an integer, or "mid" for the middle block)')
+                    if v < 0:
+                        raise GridError(f"GRID.toml: layer = {v} must be >= 0 (a block index, or \"mid\")")
+                    out.append(v)
+            elif key == "window":
+                _check_type(key, v, (int,), "a number of generated tokens (an integer >= 1), e.g. window = 64")
+                if v < 1:
+                    raise GridError(f"GRID.toml: window = {v} must be >= 1 (generated tokens per rollout)")
+                out.append(v)
+            elif key in ("target", "threshold"):
+                _check_type(key, v, (int, float), "a positive number")
+                if not v > 0 or (key == "threshold" and v > 1):
+                    raise GridError(f"GRID.toml: {key} = {v} must be " + ("in (0, 1]" if key == "threshold"
+                                                                          else "> 0 (nats)"))
+                out.append(float(v))
+            elif key == "stat":
+                _check_type(key, v, (str,), "a calibration statistic name, e.g. p95")
+                try:
+                    check_stat(v)
+                except IsoKLError as e:
+                    raise GridError(f"GRID.toml: stat = {v!r}: {e}") from None
+                out.append(v)
+            elif key in ("prompts", "calibration_prompts"):
+                out.append(_path(base, key, v))
+            elif key == "seed":
+                _check_type(key, v, (int,), "an integer")
+                out.append(v)
+            elif key == "concept":
+                _check_type(key, v, (str,), "POS/NEG, e.g. cheerful/gloomy")
+                if v.count("/") != 1:
+                    raise GridError(f"GRID.toml: concept = {v!r} must be POS/NEG, e.g. cheerful/gloomy")
+                out.append(v)
+        checked[key] = out
+
+    try:
+        template = ExperimentSettings(alphas=alphas, **shared)
+        template.probe()  # a bad probe preset or file fails now
+    except TypeError as e:
+        raise GridError(f"GRID.toml: [settings]: {e}") from None
+    grid = Grid(path=path, alphas=alphas)
+    keys = list(checked)
+    seen: dict[str, dict] = {}
+    for combo in itertools.product(*(checked[k] for k in keys)):
+        point = dict(zip(keys, combo))
+        kw: dict[str, Any] = {}
+        for k, v in point.items():
+            if k == "spec":
+                kw.update(method=v.method, gate=v.gate, tau=v.tau)
+            else:
+                kw[AXES[k]] = v
+        s = replace(template, **kw)
+        shown = {k: (v.name if k == "spec" else str(v) if isinstance(v, Path) else v) for k, v in point.items()}
+        name = experiment_name(s)
+        if name in seen:
+            raise GridError(f"GRID.toml: two points of the grid are the same experiment ({seen[name]} and {shown}, "
+                            f"run directory {name}); remove the duplicate axis value")
+        seen[name] = shown
+        grid.experiments.append(Experiment(name=name, axes=shown, settings=s))
+    return grid
+
+
+def experiment_name(s) -> str:
+    """The run directory's name: `tl-isokl sweep`'s default folder name for these settings (the gate, if any, in
+    the tag as compare spells it)."""
+    from tl_isokl.compare import Spec
+    from tl_isokl.experiment import sweep_request
+    from tl_isokl.runpolicy import default_run_path, model_spec
+
+    spec = model_spec(s.model)
+    tag = Spec(s.method, s.gate, s.tau).slug
+    return default_run_path("sweep", spec, tag, s.layer, s.window, sweep_request(s, spec, None, None)).name
+
+
+# ------------------------------------------------------------------------------------------------ cells
+
+
+@dataclass
+class Cell:
+    """One unit of work: `kind` in {"calibrate", "sweep", "merge"} of experiment `name` under grid folder `root`."""
+
+    kind: str
+    name: str
+    root: Path
+    settings: Any  # ExperimentSettings of the experiment (out = root/name, all alphas)
+    alphas: tuple[float, ...] = ()
+
+    @property
+    def run_dir(self) -> Path:
+        return self.root / self.name
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / STATE_DIR / self.name
+
+    @property
+    def id(self) -> str:
+        """A hash of everything that changes the cell's result."""
+        from tl_isokl.experiment import sweep_request
+        from tl_isokl.files import sha256_json
+        from tl_isokl.runpolicy import model_spec
+
+        req = sweep_request(self.settings, model_spec(self.settings.model), None, None)
+        alphas = list(self.settings.alphas) if self.kind == "merge" else list(self.alphas)
+        return sha256_json({"kind": self.kind, "request": json.loads(json.dumps(req, default=str)),
+                            "alphas": alphas})[:12]
+
+    @property
+    def label(self) -> str:
+        if self.kind == "sweep":
+            from tl_isokl.rundir import alpha_key
+
+            return f"{self.name} sweep α={','.join(alpha_key(a) for a in self.alphas)}"
+        return f"{self.name} {self.kind}"
+
+
+def read_plan(state_dir: Path) -> dict[str, Any] | None:
+    from tl_isokl.files import read_json
+
+    p = Path(state_dir) / PLAN
+    return read_json(p, kind=dict) if p.is_file() else None
+
+
+def sweep_cells(cell: Cell) -> list[Cell]:
+    """The sweep cells of an experiment whose calibrate cell is done (its plan fixes the alpha groups)."""
+    plan = read_plan(cell.state_dir)
+    if plan is None:
+        raise IsoKLError(f"{cell.state_dir / PLAN} is missing; the calibrate cell of {cell.name} must run first")
+    return [Cell("sweep", cell.name, cell.root, cell.settings, tuple(float(a) for a in g)) for g in plan["groups"]]
+
+
+def cell_done(cell: Cell) -> bool:
+    """Whether the cell's files exist (then running it again would write the same files)."""
+    from tl_isokl.rundir import RunDir
+
+    rd = RunDir(cell.run_dir)
+    if cell.kind == "calibrate":
+        return rd.calibration_path.is_file() and (cell.state_dir / PLAN).is_file()
+    if cell.kind == "sweep":
+        return all(rd.has_cell(a) for a in cell.alphas)
+    marker = cell.state_dir / MERGED
+    if not (marker.is_file() and rd.summary_path.is_file()):
+        return False
+    try:
+        return json.loads(marker.read_text()).get("id") == cell.id
+    except ValueError:
+        return False
+
+
+@contextlib.contextmanager
+def cell_lock(cell: Cell) -> Iterator[None]:
+    """An exclusive lock on the cell (flock on DIR/.grid/<name>/<id>.lock): a second driver or worker waits."""
+    import fcntl
+
+    cell.state_dir.mkdir(parents=True, exist_ok=True)
+    with open(cell.state_dir / f"{cell.kind}-{cell.id}.lock", "a+") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+_MODELS: dict[tuple, Any] = {}
+_COMPUTE = threading.RLock()  # one cell at a time per process: cached models carry hooks while they steer
+
+
+def model_key(s) -> tuple:
+    from tl_isokl.runpolicy import model_spec
+
+    return model_spec(s.model), s.dtype, s.device, s.revision
+
+
+def cached_model(s):
+    """The model of settings `s`, loaded once per process (a Ray worker keeps it across the cells it runs)."""
+    from tl_isokl import experiment
+
+    key = model_key(s)
+    if key not in _MODELS:
+        _MODELS[key] = experiment.load(s)
+    return _MODELS[key]
+
+
+def compute_cell(cell: Cell, model) -> dict[str, Any]:
+    """Compute one cell into its run directory (no skip check, no lock: `execute_cell` does those)."""
+    if cell.kind == "calibrate":
+        return _calibrate(cell, model)
+    if cell.kind == "sweep":
+        run = _sweep(cell, model, replace(cell.settings, alphas=cell.alphas, figures=False))
+        return {"rows": sum(t.alpha in cell.alphas for t in run.trajectories)}
+    if cell.kind == "merge":
+        run = _sweep(cell, model, cell.settings)
+        from tl_isokl.files import atomic_write_json
+
+        atomic_write_json(cell.state_dir / MERGED, {"id": cell.id, "alphas": list(cell.settings.alphas)})
+        return {"rows": len(run.trajectories)}
+    raise IsoKLError(f"unknown cell kind {cell.kind!r}")
+
+
+def execute_cell(cell: Cell) -> dict[str, Any]:
+    """Run a cell unless its files exist: lock, check, compute, clear its failure record. Returns
+    {"skipped": bool, "seconds": float, ...}; the calibrate cell's result carries the experiment's alpha groups."""
+    import torch
+
+    t0 = time.time()
+    with cell_lock(cell):
+        if cell_done(cell):
+            return {"skipped": True, "seconds": 0.0}
+        with _COMPUTE:
+            model = cached_model(cell.settings)
+            torch.manual_seed(cell.settings.seed)  # as `experiment.load` seeds a fresh process
+            out = compute_cell(cell, model)
+        (cell.state_dir / FAILED).unlink(missing_ok=True)
+    return {"skipped": False, "seconds": round(time.time() - t0, 2), **out}
+
+
+def record_failure(cell: Cell, error: BaseException | str) -> None:
+    from tl_isokl.files import atomic_write_json
+
+    atomic_write_json(cell.state_dir / FAILED, {"cell": cell.kind, "alphas": list(cell.alphas), "id": cell.id,
+                                                "error": str(error), "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+
+def _calibrate(cell: Cell, model) -> dict[str, Any]:
+    """`run_calibration_experiment` on a loaded model, plus what a sweep checks first (the preflight on the held-out
+    prompts, recorded for the sweep cells) and the plan of alpha groups."""
+    from tl_isokl.experiment import (calibrate_verbose, check_stat, model_vector, prompt_set, run_preflight)
+    from tl_isokl.files import atomic_write_json
+    from tl_isokl.identity import calibration_identity
+    from tl_isokl.rundir import Manifest
+    from tl_isokl.runpolicy import check_calibration_target, check_recalibration, open_run
+    from tl_isokl.sweep import alpha_groups, default_decode_rows
+
+    s = cell.settings
+    if s.two_sided:
+        raise GridError("two_sided is not supported in a grid yet; run `tl-isokl sweep --two-sided` per experiment")
+    check_stat(s.stat)
+    probe = s.probe()
+    state = open_run(cell.run_dir, load_vector=True)
+    check_calibration_target(state)
+    vec = model_vector(model, s, None)
+    if state.vector is not None:
+        from tl_isokl.runpolicy import resolve_vector
+
+        vec = resolve_vector(state, vec, extracted=True)
+    cids, cprompts, cframing = prompt_set(model, s.calibration_prompts, "calibration", s.chat_template)
+    ids, prompts, hframing = prompt_set(model, s.heldout_prompts, "heldout", s.chat_template)
+    plan = read_plan(cell.state_dir)
+    if plan is None:  # fixed once: a resumed or retried grid decodes the same groups
+        rows = default_decode_rows(model, s.window)
+        n = len(prompts) * int(s.samples_per_prompt)
+        plan = {"rows": rows, "n_rows_per_alpha": n, "alphas": list(s.alphas),
+                "groups": [list(g) for g in alpha_groups(s.alphas, n, rows)]}
+    pre = run_preflight(model, prompts, probe, s)
+    wanted = calibration_identity(model, vec, cprompts, stat=s.stat, target=s.target, tol=s.tol, window=s.window,
+                                  positions=s.positions, c_min=s.c_min, c_max=s.c_max,
+                                  sampling=s.sampling().to_dict() if s.temperature > 0 else None)
+    check_recalibration(state, wanted)
+    if state.calibration is None:
+        cal = calibrate_verbose(model, vec, cids, cprompts, s)
+        vec.save(cell.run_dir / "vector.safetensors")
+        atomic_write_json(state.rd.calibration_path, cal)
+        state.rd.record(Manifest.of(
+            "calibrate", model, vec, wanted["prompts_sha256"], len(cprompts), window=s.window, seed=s.seed,
+            positions=s.positions, target=s.target, stat=s.stat, tol=s.tol, c_min=s.c_min, c_max=s.c_max,
+            identity=wanted, calibration_converged=cal["converged"], probe=probe.to_dict(), preflight=pre,
+            framing=cframing, grid={"dir": str(cell.root.resolve()), "experiment": cell.name}))
+    else:
+        cal = state.calibration
+    atomic_write_json(cell.state_dir / PLAN, plan)
+    return {"c_star": cal["c_star"], "groups": plan["groups"], "preflight": pre}
+
+
+def _sweep(cell: Cell, model, s):
+    """`run_sweep_experiment` on a loaded model: the calibration is found in the run directory, the preflight
+    result recorded by the calibrate cell is reused where the library takes it."""
+    import inspect
+
+    from tl_isokl.experiment import run_sweep_experiment
+    from tl_isokl.rundir import RunDir
+
+    s = replace(s, extra={**s.extra, "grid": {"dir": str(cell.root.resolve()), "experiment": cell.name}})
+    kw: dict[str, Any] = {}
+    rd = RunDir(cell.run_dir)
+    if "preflight" in inspect.signature(run_sweep_experiment).parameters and rd.manifest_path.is_file():
+        pre = rd.read_manifest().get("preflight")
+        if pre:
+            kw["preflight"] = pre
+    return run_sweep_experiment(s, model=model, **kw)
+
+
+# ------------------------------------------------------------------------------------------------ engines
+
+
+@dataclass
+class GridResult:
+    done: list[str] = field(default_factory=list)      # experiments merged
+    failed: dict[str, str] = field(default_factory=dict)  # experiment -> error
+    computed: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    cells: list[dict[str, Any]] = field(default_factory=list)  # per executed cell: label, skipped, seconds
+
+
+def prepare(grid: Grid, out: str | Path) -> list[Cell]:
+    """Bind the grid to DIR: settings' out = DIR/<name>, DIR/grid.json lists the experiments (a union with the
+    ones an earlier grid put there). Returns the calibrate cells."""
+    from tl_isokl.files import atomic_write_json, check_writable_dir, read_json
+
+    out = Path(out)
+    check_writable_dir(out, what="--out")
+    index_path = out / GRID_JSON
+    index = read_json(index_path, kind=dict) if index_path.is_file() else {"experiments": {}}
+    cells = []
+    for e in grid.experiments:
+        e.settings = replace(e.settings, out=out / e.name)
+        index["experiments"][e.name] = {"axes": e.axes, "alphas": list(grid.alphas)}
+        cells.append(Cell("calibrate", e.name, out, e.settings))
+    index["grid"] = str(grid.path.resolve()) if grid.path else None
+    atomic_write_json(index_path, index)
+    return cells
+
+
+def run_grid(grid: Grid, out: str | Path, *, engine: str = "local", address: str | None = None,
+             gpus_per_cell: float = 0, cpus_per_cell: float = 1, retries: int = 3, echo: Echo = lambda _: None
+             ) -> GridResult:
+    """Run (or resume) every cell of `grid` under `out` with `engine` ("local" or "ray")."""
+    if engine not in ("local", "ray"):
+        raise GridError(f"engine {engine!r} is unknown; use local or ray")
+    cells = prepare(grid, out)
+    t0 = time.time()
+    if engine == "local":
+        res = _run_local(cells, echo)
+    else:
+        res = _run_ray(cells, echo, address=address, gpus=gpus_per_cell, cpus=cpus_per_cell, retries=retries)
+    res.seconds = round(time.time() - t0, 2)
+    return res
+
+
+def _note(res: GridResult, cell: Cell, r: dict[str, Any], echo: Echo) -> None:
+    res.cells.append({"label": cell.label, "id": cell.id, **{k: r[k] for k in ("skipped", "seconds")}})
+    if r["skipped"]:
+        res.skipped += 1
+    else:
+        res.computed += 1
+    n = res.computed + res.skipped
+    what = "already done" if r["skipped"] else f"done in {r['seconds']:.1f} s"
+    extra = f" (c* = {r['c_star']:.6g})" if "c_star" in r and not r["skipped"] else ""
+    echo(f"[{n}] {cell.label}: {what}{extra}")
+
+
+def _fail(res: GridResult, cell: Cell, e: BaseException | str, echo: Echo) -> None:
+    msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+    record_failure(cell, msg)
+    res.failed[cell.name] = f"{cell.kind}: {msg}"
+    echo(f"FAILED {cell.label}: {msg}")
+
+
+def _run_local(cells: list[Cell], echo: Echo) -> GridResult:
+    res = GridResult()
+    for cal in cells:
+        cell = cal
+        try:
+            _note(res, cal, execute_cell(cal), echo)
+            for cell in sweep_cells(cal):
+                _note(res, cell, execute_cell(cell), echo)
+            cell = Cell("merge", cal.name, cal.root, cal.settings)
+            _note(res, cell, execute_cell(cell), echo)
+            res.done.append(cal.name)
+        except Exception as e:  # noqa: BLE001 - recorded per experiment; the grid goes on with the others
+            _fail(res, cell, e, echo)
+    return res
+
+
+def _ray_cell(cell: Cell, threads: int) -> dict[str, Any]:
+    """The Ray task: one cell in a worker process (the model stays cached in the worker for its next cells)."""
+    import os
+
+    import torch
+
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    torch.set_num_threads(max(1, int(threads)))
+    return execute_cell(cell)
+
+
+def _run_ray(cells: list[Cell], echo: Echo, *, address: str | None, gpus: float, cpus: float, retries: int
+             ) -> GridResult:
+    try:
+        import ray
+    except ImportError:
+        raise GridError('--engine ray needs Ray: pip install "tl-isokl[ray]" (or pip install ray)') from None
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(include_dashboard=False, log_to_driver=False)
+    task = ray.remote(_ray_cell).options(num_cpus=cpus, num_gpus=gpus, max_retries=int(retries))
+    res = GridResult()
+    pending: dict[Any, tuple[Cell, int]] = {}
+    groups_left: dict[str, int] = {}
+
+    def submit(cell: Cell) -> None:
+        pending[task.remote(cell, max(1, int(cpus)))] = (cell, 0)
+
+    for c in cells:
+        submit(c)
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        ref = ready[0]
+        cell, _ = pending.pop(ref)
+        try:
+            r = ray.get(ref)
+        except Exception as e:  # noqa: BLE001 - a RayTaskError wraps the cell's own error
+            cause = getattr(e, "cause", None) or e
+            _fail(res, cell, cause, echo)
+            continue
+        _note(res, cell, r, echo)
+        if cell.kind == "calibrate":
+            subs = sweep_cells(cell)
+            groups_left[cell.name] = len(subs)
+            for c in subs:
+                submit(c)
+        elif cell.kind == "sweep":
+            groups_left[cell.name] -= 1
+            if groups_left[cell.name] == 0:
+                submit(Cell("merge", cell.name, cell.root, cell.settings))
+        else:
+            res.done.append(cell.name)
+    return res
+
+
+# ------------------------------------------------------------------------------------------------ status
+
+
+def status(out: str | Path) -> list[dict[str, Any]]:
+    """Per experiment of DIR/grid.json: state (done / failed / pending), alpha cells written of planned, whether
+    calibrated, and the last failure."""
+    from tl_isokl.files import read_json
+    from tl_isokl.rundir import RunDir
+
+    out = Path(out)
+    index_path = out / GRID_JSON
+    if not index_path.is_file():
+        raise GridError(f"{out} is not a grid folder (no {GRID_JSON}); pass the --out DIR of `tl-isokl grid`")
+    index = read_json(index_path, kind=dict)
+    rows = []
+    for name, info in sorted(index.get("experiments", {}).items()):
+        rd = RunDir(out / name)
+        state_dir = out / STATE_DIR / name
+        alphas = [float(a) for a in info.get("alphas", [])]
+        have = sum(rd.has_cell(a) for a in alphas)
+        merged = False
+        if (state_dir / MERGED).is_file() and rd.summary_path.is_file():
+            try:
+                merged = [float(a) for a in read_json(state_dir / MERGED, kind=dict).get("alphas", [])] == alphas
+            except IsoKLError:
+                merged = False
+        failed = read_json(state_dir / FAILED, kind=dict) if (state_dir / FAILED).is_file() else None
+        state = "done" if merged else "failed" if failed else "pending"
+        rows.append({"experiment": name, "state": state, "calibrated": rd.calibration_path.is_file(),
+                     "cells": have, "alphas": len(alphas), "merged": merged, "axes": info.get("axes", {}),
+                     "error": None if failed is None else f"{failed.get('cell')}: {failed.get('error')}"})
+    return rows
+
+
+def format_status(rows: Sequence[Mapping[str, Any]]) -> str:
+    counts = {k: sum(r["state"] == k for r in rows) for k in ("done", "pending", "failed")}
+    lines = [f"{r['state']:<8} cal={'yes' if r['calibrated'] else 'no ':<3} cells {r['cells']}/{r['alphas']}  "
+             f"{r['experiment']}" + (f"  ({r['error']})" if r["error"] else "") for r in rows]
+    lines.append(f"{len(rows)} experiments: {counts['done']} done, {counts['pending']} pending, "
+                 f"{counts['failed']} failed")
+    return "\n".join(lines)
+
+
+def as_dict(obj) -> dict[str, Any]:
+    return dataclasses.asdict(obj)
