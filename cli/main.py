@@ -66,10 +66,11 @@ def cli():
 
 
 def _register():
-    from tl_isokl_cli import (cmd_calibrate, cmd_compare, cmd_cosine, cmd_extract, cmd_inspect, cmd_plot,
+    from tl_isokl_cli import (cmd_calibrate, cmd_compare, cmd_cosine, cmd_extract, cmd_grid, cmd_inspect, cmd_plot,
                               cmd_report, cmd_sweep)
 
-    for mod in (cmd_extract, cmd_calibrate, cmd_sweep, cmd_compare, cmd_inspect, cmd_cosine, cmd_plot, cmd_report):
+    for mod in (cmd_extract, cmd_calibrate, cmd_sweep, cmd_compare, cmd_grid, cmd_inspect, cmd_cosine, cmd_plot,
+                cmd_report):
         cli.add_command(mod.command)
 
 
