@@ -139,28 +139,31 @@ def test_steering_hook_equals_a_plain_hook_on_the_hf_layer(pair):
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "gemma2", "gpt2"])  # plain, windowed, soft-capped, bridge
 def test_growing_cache_rollout_equals_dynamic_cache(family, zoo_root, monkeypatch):
-    """Through tl_isokl.rollout with `transformers.DynamicCache` swapped for growing_cache: identical tokens,
-    rows leaving the batch at an EOS mid-way (batch_select_indices) included."""
+    """tl_isokl.rollout (which decodes through growing_cache) against the same rollout with a plain
+    `transformers.DynamicCache` swapped in: identical tokens, rows leaving the batch at an EOS mid-way
+    (batch_select_indices) included."""
     import transformers
 
     bridge = load_model(Z.build(family, zoo_root), device="cpu")
     vec = SteeringVector(direction=direction(int(bridge.cfg.d_model), 1.0), layer=LAYER)
     P = ["Once upon a time", "The little fox", "Is the sky blue?", "Tom is happy today because the sun"]
     C = [0.0, 3.0, 3.0, 0.0]
-    ref = rollout(bridge, vec, P, C, window=24, batch_size=4)
-    stop = ref[1].tokens[5]  # a token one row reaches early: it leaves the batch there
+    first = rollout(bridge, vec, P, C, window=24, batch_size=4)
+    stop = first[1].tokens[5]  # a token one row reaches early: it leaves the batch there
     gen = bridge.original_model.generation_config
     old = gen.eos_token_id
     made = []
+    real = A.growing_cache
 
     def counted(*a, **k):
-        made.append(A.growing_cache())
+        made.append(real(*a, **k))
         return made[-1]
 
     try:
         gen.eos_token_id = [Z.EOS, int(stop)]
+        monkeypatch.setattr(A, "growing_cache", lambda *a, **k: transformers.DynamicCache())
         ref = rollout(bridge, vec, P, C, window=24, batch_size=4)
-        monkeypatch.setattr(transformers, "DynamicCache", counted)
+        monkeypatch.setattr(A, "growing_cache", counted)
         mine = rollout(bridge, vec, P, C, window=24, batch_size=4)
     finally:
         gen.eos_token_id = old
