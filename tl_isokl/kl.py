@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from tl_isokl.errors import IsoKLError
 from tl_isokl.forward import CHUNK_ELEMENTS, chunks, log_probs, resid_post
 from tl_isokl.records import Rollout
 from tl_isokl.steer import steering_hooks
@@ -61,7 +62,8 @@ def per_token_kl(
             reference the effect is measured against. Returns (kls, projections).
     """
     if final is not None and len(final) != len(rollouts):
-        raise ValueError(f"final has {len(final)} entries for {len(rollouts)} rollouts")
+        raise IsoKLError(f"final has {len(final)} entries for {len(rollouts)} rollouts; pass the list `rollout(..., "
+                         f"return_final=True)` returned with those rollouts")
     out: list[np.ndarray | None] = [None] * len(rollouts)
     proj: list[np.ndarray] = [np.zeros(0, np.float32) for _ in rollouts]
     todo, base_only = [], []
