@@ -515,9 +515,14 @@ def prepare(grid: Grid, out: str | Path) -> list[Cell]:
 
 
 def run_grid(grid: Grid, out: str | Path, *, engine: str = "local", address: str | None = None,
-             gpus_per_cell: float = 0, cpus_per_cell: float = 1, retries: int = 3, echo: Echo = lambda _: None
-             ) -> GridResult:
-    """Run (or resume) every cell of `grid` under `out` with `engine` ("local" or "ray")."""
+             gpus_per_cell: float = 0, cpus_per_cell: float = 1, retries: int = 3, echo: Echo = lambda _: None,
+             ray_task: Callable[[Cell, int], dict] | None = None) -> GridResult:
+    """Run (or resume) every cell of `grid` under `out` with `engine` ("local" or "ray").
+
+    Ray: each cell is a task reserving `cpus_per_cell` CPUs (also its torch threads) and `gpus_per_cell` GPUs,
+    retried up to `retries` times when its worker dies (a cell that raises is recorded as failed, not retried:
+    rerun the grid after fixing it). `ray_task`: the function a task runs (default `_ray_cell`; tests use it to
+    kill a worker)."""
     if engine not in ("local", "ray"):
         raise GridError(f"engine {engine!r} is unknown; use local or ray")
     cells = prepare(grid, out)
@@ -525,7 +530,8 @@ def run_grid(grid: Grid, out: str | Path, *, engine: str = "local", address: str
     if engine == "local":
         res = _run_local(cells, echo)
     else:
-        res = _run_ray(cells, echo, address=address, gpus=gpus_per_cell, cpus=cpus_per_cell, retries=retries)
+        res = _run_ray(cells, echo, address=address, gpus=gpus_per_cell, cpus=cpus_per_cell, retries=retries,
+                       fn=ray_task or _ray_cell)
     res.seconds = round(time.time() - t0, 2)
     return res
 
@@ -576,8 +582,8 @@ def _ray_cell(cell: Cell, threads: int) -> dict[str, Any]:
     return execute_cell(cell)
 
 
-def _run_ray(cells: list[Cell], echo: Echo, *, address: str | None, gpus: float, cpus: float, retries: int
-             ) -> GridResult:
+def _run_ray(cells: list[Cell], echo: Echo, *, address: str | None, gpus: float, cpus: float, retries: int,
+             fn: Callable = _ray_cell) -> GridResult:
     try:
         import ray
     except ImportError:
@@ -587,7 +593,7 @@ def _run_ray(cells: list[Cell], echo: Echo, *, address: str | None, gpus: float,
             ray.init(address=address, log_to_driver=False)
         else:
             ray.init(include_dashboard=False, log_to_driver=False)
-    task = ray.remote(_ray_cell).options(num_cpus=cpus, num_gpus=gpus, max_retries=int(retries))
+    task = ray.remote(fn).options(num_cpus=cpus, num_gpus=gpus, max_retries=int(retries))
     res = GridResult()
     pending: dict[Any, tuple[Cell, int]] = {}
     groups_left: dict[str, int] = {}

@@ -160,14 +160,35 @@ def test_two_drivers_on_one_folder(reference, grid_file, session_model, tmp_path
     same_grid(reference, tmp_path, grid_file)
 
 
-def test_ray_engine_gives_the_local_files(reference, grid_file, tmp_path):
+@pytest.fixture(scope="module")
+def local_ray():
     ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'tl-isokl[ray]')")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        res = G.run_grid(G.parse_grid(grid_file), tmp_path, engine="ray", cpus_per_cell=1)
-        assert not res.failed and res.computed == 6
-        again = G.run_grid(G.parse_grid(grid_file), tmp_path, engine="ray")  # a rerun skips every cell
-        assert again.computed == 0 and again.skipped == 6
-    finally:
-        ray.shutdown()
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_engine_gives_the_local_files(local_ray, reference, grid_file, tmp_path):
+    res = G.run_grid(G.parse_grid(grid_file), tmp_path, engine="ray", cpus_per_cell=1)
+    assert not res.failed and res.computed == 6
+    again = G.run_grid(G.parse_grid(grid_file), tmp_path, engine="ray")  # a rerun skips every cell
+    assert again.computed == 0 and again.skipped == 6
     same_grid(reference, tmp_path, grid_file)
+
+
+def test_ray_retries_a_killed_worker(local_ray, reference, grid_file, tmp_path):
+    """A worker killed in the middle of a sweep cell (preemption, OOM killer): Ray reruns the task on another
+    worker; finished cells are not recomputed; the files are the local engine's."""
+    marker = tmp_path / "killed-once"
+
+    def dies_once(cell, threads):
+        import os
+
+        if cell.kind == "sweep" and "pca" in cell.name and not marker.exists():
+            marker.write_text("x")
+            os._exit(1)  # the worker process dies mid-task
+        return G._ray_cell(cell, threads)
+
+    res = G.run_grid(G.parse_grid(grid_file), tmp_path / "out", engine="ray", ray_task=dies_once, retries=2)
+    assert marker.exists() and not res.failed and res.computed == 6
+    same_grid(reference, tmp_path / "out", grid_file)
