@@ -1,4 +1,5 @@
-"""`tl-isokl report RUN`: write RUN/report.md (drawing missing figures first) and print the survival table.
+"""`tl-isokl report RUN`: write RUN/report.md and RUN/report.html (drawing missing figures first) and print the
+survival table.
 
 `--threshold` re-derives every fate from the stored pmass (no model, nothing recomputed) and writes into
 RUN/threshold=<value>/ instead, so the run's own report.md and tables are never overwritten by a re-derivation."""
@@ -46,7 +47,8 @@ def threshold_option(fn):
 @threshold_option
 @friendly_errors
 def command(run: Path, threshold: float | None) -> None:
-    """Write RUN/report.md from the run directory and print its survival and threshold-sensitivity tables."""
+    """Write RUN/report.md and RUN/report.html (one self-contained page: figures inline, opens offline) from the run
+    directory and print its survival and threshold-sensitivity tables."""
     from tl_isokl.report import report_run
 
     out = report_run(run, threshold)
@@ -54,4 +56,4 @@ def command(run: Path, threshold: float | None) -> None:
     click.echo(out.table, nl=False)
     click.echo("deaths by threshold (re-derived from the stored pmass):")
     click.echo(out.sensitivity, nl=False)
-    click.echo(f"wrote {out.path}")
+    click.echo(f"wrote {out.path}" + (f" and {out.html.name} (one self-contained page, opens offline)" if out.html else ""))

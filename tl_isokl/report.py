@@ -20,7 +20,7 @@ from typing import Any, Iterable, Sequence
 
 from tl_isokl.identity import run_notes
 from tl_isokl.files import atomic_write_bytes, atomic_write_text
-from tl_isokl.rundir import FIGURES, FIGURES_DIR, Run, RunDir, load_run
+from tl_isokl.rundir import FIGURES, FIGURES_DIR, INSPECT_INDEX, Run, RunDir, load_run
 from tl_isokl.survival import (is_rederived, kl_summary, km_curves, resolve_threshold, run_window,
                                sensitivity_table, sensitivity_thresholds, survival_table, threshold_text)
 
@@ -47,7 +47,11 @@ def figure_paths(run_dir: str | Path, threshold: float | None = None, *, run: Ru
     return [RunDir(out).figure_path(key) for key in FIGURES]
 
 
-def _save(fig: Any, path: Path) -> Path:
+def _save(fig: Any, path: Path, run: Run | None = None) -> Path:
+    if run is not None:  # a figure says which run it came from, wherever it ends up
+        fig.text(0.995, 0.003, f"run: {Path(run.path).resolve().name} · {run.manifest.get('model')} · "
+                 f"{run.manifest.get('method')} L{run.manifest.get('layer')}", ha="right", va="bottom", fontsize=6,
+                 color="#777")
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI)  # Figure objects use the Agg canvas: no pyplot, no GUI backend
     return atomic_write_bytes(path, buf.getvalue())
@@ -70,19 +74,19 @@ def draw_figures(run_dir: str | Path, *, roll: int = 1, threshold: float | None 
     run = load_run(run_dir)
     thr = resolve_threshold(run, threshold)
     raw, norm, surv, dose = figure_paths(run_dir, thr, run=run)
-    out = [_save(spaghetti(run, mode="raw", roll=roll, threshold=thr), raw),
-           _save(spaghetti(run, mode="normalised", roll=roll, threshold=thr), norm)]
+    out = [_save(spaghetti(run, mode="raw", roll=roll, threshold=thr), raw, run),
+           _save(spaghetti(run, mode="normalised", roll=roll, threshold=thr), norm, run)]
     notes = {}
     for a, ts in run.by_alpha().items():
         acc = outcome_columns(run, ts, thr)
         if acc:
             notes[a] = f"alive & right {acc['alive_right']}/{acc['answered']}"
     out.append(_save(survival_plot(km_curves(run, thr), window=run_window(run),
-                                   threshold=threshold_text(run, thr), notes=notes).figure, surv))
+                                   threshold=threshold_text(run, thr), notes=notes).figure, surv, run))
     from tl_isokl.figures.dose_response import dose_response_plot
 
     cal = run.calibration or {"c_star": float("nan"), "target": float("nan"), "history": []}
-    out.append(_save(dose_response_plot(cal), dose))
+    out.append(_save(dose_response_plot(cal), dose, run))
     return out
 
 
@@ -91,7 +95,7 @@ def draw_figures(run_dir: str | Path, *, roll: int = 1, threshold: float | None 
 
 def fmt(v: Any) -> str:
     """One cell: None -> '—' (not applicable / not reached), NaN -> 'n/a' (undefined), floats to 4 significant
-    digits, p-values below 1e-4 in scientific form."""
+    digits, p-values below 1e-4 in scientific form, a dict as "key value · key value"."""
     if v is None:
         return "—"
     if isinstance(v, bool):
@@ -102,6 +106,8 @@ def fmt(v: Any) -> str:
         return f"{v:.2e}" if v != 0 and abs(v) < 1e-4 else f"{v:.4g}"
     if isinstance(v, (list, tuple)):
         return " ".join(str(x) for x in v)
+    if isinstance(v, dict):  # e.g. a gate or a model record: "kind soft · tau 0.1", never a raw Python dict
+        return " · ".join(f"{k} {fmt(x)}" for k, x in v.items())
     return str(v)
 
 
@@ -154,7 +160,21 @@ def _calibration_rows(cal: dict[str, Any] | None) -> list[dict[str, Any]]:
     names = [("c*", "c_star"), ("statistic", "stat"), ("target (nats)", "target"), ("achieved (nats)", "achieved"),
              ("tolerance (relative)", "tol"), ("converged", "converged"), ("calibration window", "window"),
              ("rounds", "rounds"), ("per-prompt c* spread", "per_prompt_spread")]
-    return [{"field": label, "value": cal.get(key)} for label, key in names if key in cal]
+    return [{"field": label, "value": _spread_text(cal[key]) if key == "per_prompt_spread" else cal.get(key)}
+            for label, key in names if key in cal]
+
+
+def _spread_text(sp: Any) -> Any:
+    """The per-prompt c* spread as one readable cell: "min 0.8308 · median 1.1 · max 1.5 (ratio 1.8); 1 prompt
+    never crossed the target" (a raw dict never reaches the report)."""
+    if not isinstance(sp, dict):
+        return sp
+    parts = [f"{k} {fmt(sp.get(k))}" for k in ("min", "median", "max") if k in sp]
+    text = " · ".join(parts) + (f" (ratio {fmt(sp['ratio'])})" if sp.get("ratio") is not None else "")
+    nb = sp.get("not_bracketed")
+    if nb:
+        text += f"; {nb} prompt{'s' if nb != 1 else ''} never crossed the target"
+    return text
 
 
 def _section(title: str, body: Iterable[str]) -> str:
@@ -206,9 +226,10 @@ def _sensitivity_section(run: Run, thr: float) -> str:
     ])
 
 
-def write_report(run_dir: str | Path, threshold: float | None = None) -> Path:
+def write_report(run_dir: str | Path, threshold: float | None = None, *, html: bool = True) -> Path:
     """Write report.md (run identity, calibration, survival table with the three fates and accuracy where answers
-    exist, threshold sensitivity, KL table, figure links) atomically; returns its path.
+    exist, threshold sensitivity, KL table, figure links) atomically, and next to it report.html (the same as one
+    self-contained page, see `write_report_html`; `html=False` skips it); returns report.md's path.
 
     At the run's threshold (default) it is RUN/report.md; at another it is RUN/threshold=<value>/report.md, and it
     says that every fate was re-derived from the stored pmass. Figures are linked, not drawn: call `draw_figures`
@@ -216,6 +237,15 @@ def write_report(run_dir: str | Path, threshold: float | None = None) -> Path:
     """
     run = load_run(run_dir)
     thr = resolve_threshold(run, threshold)
+    rd = RunDir(output_dir(run_dir, thr, run=run))
+    path = atomic_write_text(rd.report_path, report_markdown(run, thr))
+    if html:
+        atomic_write_text(rd.report_html_path, report_html(run, thr))
+    return path
+
+
+def report_markdown(run: Run, thr: float) -> str:
+    """The text of report.md for a loaded run at threshold `thr` (what `write_report` writes)."""
     rederived = is_rederived(run, thr)
     rows = survival_table(run, thr)
     kl = [s.to_dict() for s in kl_summary(run)]
@@ -257,8 +287,145 @@ def write_report(run_dir: str | Path, threshold: float | None = None) -> Path:
             "independent of the threshold).",
         ]),
         _section("Figures", [figs]),
+        *([_section("Inspect pages", [pages])] if (pages := _inspect_links(run, thr)) else []),
     ])
-    return atomic_write_text(RunDir(output_dir(run_dir, thr, run=run)).report_path, text)
+    return text
+
+
+def _inspect_links(run: Run, thr: float) -> str:
+    """Markdown list of the inspect pages written for this run at this threshold (relative links), or ""."""
+    out = Path(output_dir(run.path, thr, run=run))
+    idx = RunDir(out).inspect_dir / INSPECT_INDEX
+    if not idx.is_file():
+        return ""
+    rel = lambda p: p.relative_to(out).as_posix()  # noqa: E731
+    traces = sorted(RunDir(out).inspect_dir.glob("trace-r*.html"))
+    return "\n".join([f"- [index of the dead traces]({rel(idx)}) (`tl-isokl inspect`)",
+                      *(f"- [{p.stem}]({rel(p)})" for p in traces)])
+
+
+# --------------------------------------------------------------------------------------------------- html
+
+_HTML_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:1.5em auto;color:#222;max-width:1100px;
+padding:0 1.5em;line-height:1.45}
+h1{font-size:1.45em;border-bottom:2px solid #3a7ca5;padding-bottom:.2em}h2{font-size:1.15em;margin-top:1.8em;
+border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:.86em;margin:.6em 0}td,th{border:1px solid #ddd;padding:3px 8px;
+vertical-align:top}th{background:#f4f4f4}td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
+code{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.9em;background:#f6f6f6;padding:0 .2em}
+img{max-width:100%;border:1px solid #eee;margin:.4em 0}p{max-width:70em}.muted{color:#777;font-size:.85em}
+pre{background:#f6f6f6;padding:.8em;overflow-x:auto;font-size:.8em}
+"""
+
+
+def _inline(text: str) -> str:
+    """Markdown inline markup of the report (code spans, links, bold) as HTML, everything else escaped."""
+    import html
+    import re
+
+    out, pos = [], 0
+    for m in re.finditer(r"`([^`]*)`", text):  # code spans first: nothing inside them is markup
+        out.append(_inline_plain(text[pos:m.start()]))
+        out.append(f"<code>{html.escape(m.group(1))}</code>")
+        pos = m.end()
+    out.append(_inline_plain(text[pos:]))
+    return "".join(out)
+
+
+def _inline_plain(text: str) -> str:
+    import html
+    import re
+
+    t = html.escape(text, quote=False)
+    t = re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", lambda m: f'<a href="{html.escape(m.group(2))}">{m.group(1)}</a>', t)
+    return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", t)
+
+
+def _split_row(line: str) -> list[str]:
+    import re
+
+    return [c.strip() for c in re.split(r"\s\|\s", " " + line.strip()[1:-1].strip() + " ")]
+
+
+def _html_table(lines: list[str]) -> str:
+    head, rule, *body = lines
+    cols = _split_row(head)
+    right = [c.strip().endswith(":") and not c.strip().startswith(":") for c in rule.strip("|").split("|")]
+    right += [False] * (len(cols) - len(right))
+    cls = lambda i: ' class="num"' if right[i] else ""  # noqa: E731
+    rows = ["<tr>" + "".join(f"<th{cls(i)}>{_inline(c)}</th>" for i, c in enumerate(cols)) + "</tr>"]
+    for line in body:
+        cells = _split_row(line)
+        rows.append("<tr>" + "".join(f"<td{cls(i) if i < len(right) else ''}>{_inline(c)}</td>"
+                                     for i, c in enumerate(cells)) + "</tr>")
+    return "<table>\n" + "\n".join(rows) + "\n</table>"
+
+
+def _data_uri(path: Path) -> str | None:
+    import base64
+
+    return f"data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}" if path.is_file() else None
+
+
+def markdown_to_html(text: str, base: Path) -> str:
+    """The report's Markdown (headings, padded tables, paragraphs, lists, images, links, code spans) as an HTML
+    body. Images are inlined as base64 PNG from `base` (a missing one is said, not linked)."""
+    import html
+    import re
+
+    out = []
+    for block in re.split(r"\n\s*\n", text.strip()):
+        lines = block.strip("\n").splitlines()
+        first = lines[0]
+        if first.startswith("#"):
+            level = len(first) - len(first.lstrip("#"))
+            out.append(f"<h{level}>{_inline(first[level:].strip())}</h{level}>")
+            if len(lines) > 1:
+                out.append(f"<p>{_inline(' '.join(lines[1:]))}</p>")
+        elif all(line.startswith("|") for line in lines) and len(lines) >= 2:
+            out.append(_html_table(lines))
+        elif all(re.fullmatch(r"!\[[^\]]*\]\([^)]+\)", line) for line in lines):
+            for line in lines:
+                alt, src = re.fullmatch(r"!\[([^\]]*)\]\(([^)]+)\)", line).groups()
+                uri = _data_uri(base / src)
+                out.append(f'<figure><img alt="{html.escape(alt)}" src="{uri}"><figcaption class="muted">'
+                           f"{html.escape(src)}</figcaption></figure>" if uri else
+                           f'<p class="muted">figure {html.escape(src)} is missing (run <code>tl-isokl plot</code>)'
+                           f"</p>")
+        elif all(line.startswith("- ") for line in lines):
+            out.append("<ul>" + "".join(f"<li>{_inline(line[2:])}</li>" for line in lines) + "</ul>")
+        else:
+            out.append(f"<p>{_inline(' '.join(line.strip() for line in lines))}</p>")
+    return "\n".join(out)
+
+
+def report_html(run: Run, thr: float) -> str:
+    """report.html: the report (as report.md says it) with every figure inline, links to the inspect pages, and
+    the full manifest; one self-contained page that opens offline (no script, no external resource)."""
+    import html
+    import json
+
+    out = Path(output_dir(run.path, thr, run=run))
+    body = markdown_to_html(report_markdown(run, thr), out)
+    manifest = json.dumps(run.manifest, indent=1, ensure_ascii=False, default=str)
+    title = f"tl-isokl report: {Path(run.path).name}"
+    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">\n<title>{html.escape(title)}</title>\n'
+            f"<style>{_HTML_CSS}</style>\n</head>\n<body>\n{body}\n"
+            f"<h2>Manifest</h2>\n<details><summary>manifest.json (every setting and command of this run)</summary>"
+            f"<pre>{html.escape(manifest)}</pre></details>\n"
+            f'<p class="muted">Written by tl-isokl from {html.escape(str(Path(run.path).resolve()))}; '
+            f"report.md next to this page has the same content.</p>\n</body></html>\n")
+
+
+def write_report_html(run_dir: str | Path, threshold: float | None = None) -> Path:
+    """Write report.html next to report.md (RUN/, or RUN/threshold=<value>/): the same report as one
+    self-contained page, figures inline as base64 PNG, tables, links to the inspect pages where they exist, the
+    manifest. Figures are read from the folder's figures/: draw them first (`draw_figures`, or `report_run`,
+    which draws missing ones). Returns its path."""
+    run = load_run(run_dir)
+    thr = resolve_threshold(run, threshold)
+    return atomic_write_text(RunDir(output_dir(run_dir, thr, run=run)).report_html_path, report_html(run, thr))
 
 
 @dataclass(frozen=True)
@@ -272,6 +439,7 @@ class ReportOutput:
     rederived: bool
     table: str
     sensitivity: str
+    html: Path | None = None  # report.html, next to report.md
 
     @property
     def threshold_text(self) -> str:
@@ -280,13 +448,14 @@ class ReportOutput:
 
 
 def report_run(run_dir: str | Path, threshold: float | None = None) -> ReportOutput:
-    """What `tl-isokl report` does: draw missing figures, write report.md (RUN/threshold=<value>/ at a threshold
-    other than the run's), and return what to print."""
+    """What `tl-isokl report` does: draw missing figures, write report.md and report.html (RUN/threshold=<value>/
+    at a threshold other than the run's), and return what to print."""
     run = load_run(run_dir)  # fails early, with one line, on a folder that is not a run
     thr = resolve_threshold(run, threshold)
     if not all(p.is_file() for p in figure_paths(run_dir, thr, run=run)):
         draw_figures(run_dir, threshold=thr)
     path = write_report(run_dir, thr)
-    return ReportOutput(path=path, threshold=thr, run_threshold=run.threshold, rederived=is_rederived(run, thr),
+    return ReportOutput(path=path, html=RunDir(path.parent).report_html_path, threshold=thr, run_threshold=run.threshold,
+                        rederived=is_rederived(run, thr),
                         table=markdown_table(survival_table(run, thr)),
                         sensitivity=markdown_table(sensitivity_table(run, sensitivity_thresholds(run, thr))))

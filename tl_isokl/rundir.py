@@ -223,9 +223,15 @@ class Run:
         c = cal.get("c_star")
         c_text = f"{c:.4g}" if isinstance(c, (int, float)) else "?"
         died = ", ".join(f"{a:g}: {d}/{n}" for a, (d, n) in self._died().items())
-        return (f"Run({str(self.path)!r}, model={m.get('model')!r}, method={m.get('method')!r}, "
+        gate = f", gate={self._gate_text()!r}" if m.get("gate") else ""
+        return (f"Run({str(self.path)!r}, model={m.get('model')!r}, method={m.get('method')!r}{gate}, "
                 f"layer={m.get('layer')}, c*={c_text}, window={m.get('window')}, threshold={self.threshold:g}, "
                 f"{len(self.trajectories)} trajectories, died by alpha {{{died}}})")
+
+    def _gate_text(self) -> str:
+        g = self.manifest.get("gate")
+        return f"{g.get('kind')}:{g.get('tau'):g}" if isinstance(g, dict) and isinstance(g.get("tau"), (int, float)) \
+            else str(g)
 
     def to_pandas(self) -> dict[str, Any]:
         """{"summary": one row per alpha (summary.csv's columns), "forks": one row per probed fork (forks.csv's
@@ -290,6 +296,7 @@ class Run:
         c = cal.get("c_star")
         head = (f"<b>tl-isokl run</b> <code>{html.escape(str(self.path))}</code><br>"
                 f"model <code>{html.escape(str(m.get('model')))}</code> · method {html.escape(str(m.get('method')))}"
+                + (f" · gate {html.escape(self._gate_text())}" if m.get("gate") else "") +
                 f" · layer {m.get('layer')} · c* = {f'{c:.4g}' if isinstance(c, (int, float)) else '?'}"
                 f" · window {m.get('window')} · threshold {self.threshold:g}")
         cols = [("alpha", "alpha"), ("coeff", "coeff"), ("n", "n"), ("died", "died"), ("censored", "censored"),

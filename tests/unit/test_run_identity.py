@@ -130,7 +130,8 @@ def test_clear_run_deletes_only_our_files(tmp_path):
     removed = clear_run(run)
     left = sorted(str(p.relative_to(run)) for p in run.rglob("*"))
     assert left == ["figures", "figures/my_plot.png", "notes.txt", "other", "other/manifest.json"]
-    assert len(removed) == 6 + 2 + 1 + 4 + 5  # top-level files, two cells, a temp file, figures, inspect pages
+    assert len(removed) == 7 + 2 + 1 + 4 + 5  # top-level files (report.html too), two cells, a temp file, figures,
+    #                                          inspect pages
 
 
 def test_clear_run_on_missing_or_file(tmp_path):
