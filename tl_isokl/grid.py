@@ -124,7 +124,7 @@ def parse_grid(source: str | Path | Mapping[str, Any], *, base: Path | None = No
     path = None
     if isinstance(source, Mapping):
         table = dict(source)
-        base = Path(base or ".")
+        base = Path(base or ".").resolve()
     else:
         path = Path(source)
         if not path.is_file():
@@ -135,7 +135,7 @@ def parse_grid(source: str | Path | Mapping[str, Any], *, base: Path | None = No
             raise GridError(f"{path}: not valid TOML ({e}); fix the file ({EXAMPLE})") from None
         except UnicodeDecodeError:
             raise GridError(f"{path}: not UTF-8 text; save GRID.toml as UTF-8") from None
-        base = path.parent
+        base = path.parent.resolve()  # absolute: Ray workers need not share the driver's working directory
     unknown = sorted(set(table) - set(AXES) - {"alphas", "settings"})
     if unknown:
         raise GridError(f"GRID.toml: unknown key {unknown[0]!r}; axes are {', '.join(sorted(AXES))}, plus alphas "
@@ -178,10 +178,12 @@ def parse_grid(source: str | Path | Mapping[str, Any], *, base: Path | None = No
         for v in vals:
             if key == "model":
                 _check_type(key, v, (str,), 'a model name or folder (a string; "embedded" = the built-in test bed)')
-                if v != "embedded" and Path(v).expanduser().exists() is False and not Path(v).is_absolute() and (
-                        base / v).exists():
-                    v = str(base / v)
-                out.append(None if v == "embedded" else v)
+                p = Path(v).expanduser()
+                if v != "embedded" and not p.is_absolute() and (base / p).exists():  # a folder next to GRID.toml
+                    v = str((base / p).resolve())
+                elif v != "embedded" and p.exists():
+                    v = str(p.resolve())
+                out.append(None if v == "embedded" else v)  # else a hub name, resolved from the local HF cache
             elif key == "spec":
                 _check_type(key, v, (str,), f"a steering spec (a string), {EXAMPLE}")
                 try:
@@ -395,16 +397,17 @@ def execute_cell(cell: Cell) -> dict[str, Any]:
     {"skipped": bool, "seconds": float, ...}; the calibrate cell's result carries the experiment's alpha groups."""
     import torch
 
-    t0 = time.time()
+    t0, c0 = time.time(), time.process_time()
     with cell_lock(cell):
         if cell_done(cell):
-            return {"skipped": True, "seconds": 0.0}
+            return {"skipped": True, "seconds": 0.0, "cpu_seconds": 0.0}
         with _COMPUTE:
             model = cached_model(cell.settings)
             torch.manual_seed(cell.settings.seed)  # as `experiment.load` seeds a fresh process
             out = compute_cell(cell, model)
         (cell.state_dir / FAILED).unlink(missing_ok=True)
-    return {"skipped": False, "seconds": round(time.time() - t0, 2), **out}
+    return {"skipped": False, "seconds": round(time.time() - t0, 2),
+            "cpu_seconds": round(time.process_time() - c0, 2), **out}
 
 
 def record_failure(cell: Cell, error: BaseException | str) -> None:
@@ -500,7 +503,7 @@ def prepare(grid: Grid, out: str | Path) -> list[Cell]:
     ones an earlier grid put there). Returns the calibrate cells."""
     from tl_isokl.files import atomic_write_json, check_writable_dir, read_json
 
-    out = Path(out)
+    out = Path(out).resolve()  # absolute: Ray workers need not share the driver's working directory
     check_writable_dir(out, what="--out")
     index_path = out / GRID_JSON
     index = read_json(index_path, kind=dict) if index_path.is_file() else {"experiments": {}}
@@ -537,7 +540,7 @@ def run_grid(grid: Grid, out: str | Path, *, engine: str = "local", address: str
 
 
 def _note(res: GridResult, cell: Cell, r: dict[str, Any], echo: Echo) -> None:
-    res.cells.append({"label": cell.label, "id": cell.id, **{k: r[k] for k in ("skipped", "seconds")}})
+    res.cells.append({"label": cell.label, "id": cell.id, **{k: r[k] for k in ("skipped", "seconds", "cpu_seconds")}})
     if r["skipped"]:
         res.skipped += 1
     else:
