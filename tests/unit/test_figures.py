@@ -81,7 +81,7 @@ def test_spaghetti_on_given_axes_and_bad_mode(run):
 
 
 def test_survival_plot_one_line_per_alpha(run):
-    from tl_isokl.figures.survival import survival_plot
+    from tl_isokl.figures.survival import DODGE, survival_plot
 
     curves = km_curves(run)
     ax = survival_plot(curves, window=run.window)
@@ -90,7 +90,8 @@ def test_survival_plot_one_line_per_alpha(run):
     assert len({ln.get_color() for ln in lines}) == len(ALPHAS)
     for ln, a in zip(lines, ALPHAS):  # each step line ends at the curve's last S value
         c = curves[a]
-        assert ln.get_ydata()[-1] == pytest.approx(c.at(10**9))
+        # drawn at S, up to the small offset that keeps coinciding curves apart (DODGE)
+        assert ln.get_ydata()[-1] == pytest.approx(c.at(10**9), abs=DODGE * len(ALPHAS) / 2 + 1e-9)
     assert any(np.all(np.asarray(ln.get_xdata()) == run.window) for ln in ax.get_lines())  # window marker
 
 
@@ -104,3 +105,20 @@ def test_draw_figures_writes_pngs_atomically(run, tmp_path):
     for p in paths:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(x.name for x in (rd / "figures").iterdir()) == sorted(p.name for p in paths)  # no temp files
+
+
+def test_survival_plot_number_at_risk_table(run):
+    from tl_isokl.figures.survival import at_risk, survival_plot
+
+    curves = km_curves(run)
+    ax = survival_plot(curves, window=run.window)
+    tab = [a for a in ax.figure.axes if a is not ax]
+    assert len(tab) == 1 and tab[0].get_title(loc="left") == "number at risk"
+    assert [t.get_text() for t in tab[0].get_yticklabels()] == [f"α = {a:g}" for a in ALPHAS]
+    texts = {(t.get_position()[0], t.get_position()[1]): t.get_text() for t in tab[0].texts}
+    for i, a in enumerate(ALPHAS):
+        c = curves[a]
+        assert texts[(0.0, i)] == str(c.n)  # everyone is at risk at token 0
+        assert all(v == str(at_risk(c, x)) for (x, row), v in texts.items() if row == i)
+    last = curves[ALPHAS[-1]]  # alpha 4: all dead by the window
+    assert at_risk(last, run.window + 1) == 0
