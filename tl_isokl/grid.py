@@ -86,6 +86,7 @@ class Grid:
     path: Path | None
     alphas: tuple[float, ...]
     experiments: list[Experiment] = field(default_factory=list)
+    shards: int = 1  # prompt shards per alpha group (1: the sweep's own cells, byte-identical)
 
 
 def _as_list(key: str, value: Any) -> list:
@@ -136,10 +137,14 @@ def parse_grid(source: str | Path | Mapping[str, Any], *, base: Path | None = No
         except UnicodeDecodeError:
             raise GridError(f"{path}: not UTF-8 text; save GRID.toml as UTF-8") from None
         base = path.parent.resolve()  # absolute: Ray workers need not share the driver's working directory
-    unknown = sorted(set(table) - set(AXES) - {"alphas", "settings"})
+    unknown = sorted(set(table) - set(AXES) - {"alphas", "settings", "shards"})
     if unknown:
-        raise GridError(f"GRID.toml: unknown key {unknown[0]!r}; axes are {', '.join(sorted(AXES))}, plus alphas "
-                        f"and a [settings] table")
+        raise GridError(f"GRID.toml: unknown key {unknown[0]!r}; axes are {', '.join(sorted(AXES))}, plus alphas, "
+                        f"shards and a [settings] table")
+    shards = table.get("shards", 1)
+    if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
+        raise GridError(f"GRID.toml: shards = {shards!r} must be an integer >= 1 (prompt shards per alpha group; "
+                        f"1 = no sharding)")
     if "alphas" not in table:
         raise GridError("GRID.toml: no alphas; add e.g. alphas = [0, 0.5, 1, 2, 4] (doses in units of c*)")
     raw_alphas = table["alphas"]
@@ -233,7 +238,7 @@ def parse_grid(source: str | Path | Mapping[str, Any], *, base: Path | None = No
         template.probe()  # a bad probe preset or file fails now
     except TypeError as e:
         raise GridError(f"GRID.toml: [settings]: {e}") from None
-    grid = Grid(path=path, alphas=alphas)
+    grid = Grid(path=path, alphas=alphas, shards=shards)
     keys = list(checked)
     seen: dict[str, dict] = {}
     for combo in itertools.product(*(checked[k] for k in keys)):
@@ -279,6 +284,8 @@ class Cell:
     root: Path
     settings: Any  # ExperimentSettings of the experiment (out = root/name, all alphas)
     alphas: tuple[float, ...] = ()
+    shard: tuple[int, int] | None = None  # (k, n): the k-th of n contiguous blocks of the held-out rows
+    shards: int = 1  # the calibrate cell: shards to plan (the plan, once written, decides)
 
     @property
     def run_dir(self) -> Path:
@@ -298,14 +305,15 @@ class Cell:
         req = sweep_request(self.settings, model_spec(self.settings.model), None, None)
         alphas = list(self.settings.alphas) if self.kind == "merge" else list(self.alphas)
         return sha256_json({"kind": self.kind, "request": json.loads(json.dumps(req, default=str)),
-                            "alphas": alphas})[:12]
+                            "alphas": alphas, **({"shard": list(self.shard)} if self.shard else {})})[:12]
 
     @property
     def label(self) -> str:
         if self.kind == "sweep":
             from tl_isokl.rundir import alpha_key
 
-            return f"{self.name} sweep α={','.join(alpha_key(a) for a in self.alphas)}"
+            part = f" shard {self.shard[0] + 1}/{self.shard[1]}" if self.shard else ""
+            return f"{self.name} sweep α={','.join(alpha_key(a) for a in self.alphas)}{part}"
         return f"{self.name} {self.kind}"
 
 
@@ -321,7 +329,16 @@ def sweep_cells(cell: Cell) -> list[Cell]:
     plan = read_plan(cell.state_dir)
     if plan is None:
         raise IsoKLError(f"{cell.state_dir / PLAN} is missing; the calibrate cell of {cell.name} must run first")
-    return [Cell("sweep", cell.name, cell.root, cell.settings, tuple(float(a) for a in g)) for g in plan["groups"]]
+    n = int(plan.get("shards", 1))
+    return [Cell("sweep", cell.name, cell.root, cell.settings, tuple(float(a) for a in g), shard=(k, n) if n > 1
+                 else None) for g in plan["groups"] for k in range(n)]
+
+
+def shard_path(cell: Cell, alpha: float, k: int, n: int) -> Path:
+    """Where shard k of n of one alpha waits for the merge: DIR/.grid/<name>/shards/ (not a run-directory file)."""
+    from tl_isokl.rundir import alpha_key
+
+    return cell.state_dir / "shards" / f"alpha={alpha_key(alpha)}.shard-{k}-of-{n}.jsonl"
 
 
 def cell_done(cell: Cell) -> bool:
@@ -332,7 +349,9 @@ def cell_done(cell: Cell) -> bool:
     if cell.kind == "calibrate":
         return rd.calibration_path.is_file() and (cell.state_dir / PLAN).is_file()
     if cell.kind == "sweep":
-        return all(rd.has_cell(a) for a in cell.alphas)
+        if all(rd.has_cell(a) for a in cell.alphas):
+            return True
+        return cell.shard is not None and all(shard_path(cell, a, *cell.shard).is_file() for a in cell.alphas)
     marker = cell.state_dir / MERGED
     if not (marker.is_file() and rd.summary_path.is_file()):
         return False
@@ -380,10 +399,13 @@ def compute_cell(cell: Cell, model) -> dict[str, Any]:
     """Compute one cell into its run directory (no skip check, no lock: `execute_cell` does those)."""
     if cell.kind == "calibrate":
         return _calibrate(cell, model)
+    if cell.kind == "sweep" and cell.shard is not None:
+        return _sweep_shard(cell, model)
     if cell.kind == "sweep":
         run = _sweep(cell, model, replace(cell.settings, alphas=cell.alphas, figures=False))
         return {"rows": sum(t.alpha in cell.alphas for t in run.trajectories)}
     if cell.kind == "merge":
+        _gather_shards(cell)
         run = _sweep(cell, model, cell.settings)
         from tl_isokl.files import atomic_write_json
 
@@ -445,8 +467,10 @@ def _calibrate(cell: Cell, model) -> dict[str, Any]:
     if plan is None:  # fixed once: a resumed or retried grid decodes the same groups
         rows = default_decode_rows(model, s.window)
         n = len(prompts) * int(s.samples_per_prompt)
-        plan = {"rows": rows, "n_rows_per_alpha": n, "alphas": list(s.alphas),
-                "groups": [list(g) for g in alpha_groups(s.alphas, n, rows)]}
+        shards = max(1, min(int(cell.shards), n))
+        per_shard = -(-n // shards)  # rows of the largest shard: groups fill the decode batch with shard rows
+        plan = {"rows": rows, "n_rows_per_alpha": n, "alphas": list(s.alphas), "shards": shards,
+                "groups": [list(g) for g in alpha_groups(s.alphas, per_shard, rows)]}
     pre = run_preflight(model, prompts, probe, s)
     wanted = calibration_identity(model, vec, cprompts, stat=s.stat, target=s.target, tol=s.tol, window=s.window,
                                   positions=s.positions, c_min=s.c_min, c_max=s.c_max,
@@ -485,6 +509,96 @@ def _sweep(cell: Cell, model, s):
     return run_sweep_experiment(s, model=model, **kw)
 
 
+class _Captured(BaseException):
+    """Raised by the stand-in for `sweep.sweep` once it has the arguments `run_sweep_experiment` prepared."""
+
+
+@contextlib.contextmanager
+def _captured_sweep() -> Iterator[dict[str, Any]]:
+    """While active, `tl_isokl.sweep.sweep` records its arguments and stops: a shard cell gets exactly what an
+    ordinary sweep would be given (vector, calibration, prompts, ids, answers, readout, probe) without repeating
+    `run_sweep_experiment`'s preparation. Only under `_COMPUTE` (one cell at a time per process)."""
+    import importlib
+
+    sw = importlib.import_module("tl_isokl.sweep")  # the module (the package exports a function of that name)
+    real, box = sw.sweep, {}
+
+    def stand_in(*args, **kwargs):
+        box["args"], box["kwargs"] = args, kwargs
+        raise _Captured()
+
+    sw.sweep = stand_in
+    try:
+        yield box
+    finally:
+        sw.sweep = real
+
+
+def _sweep_shard(cell: Cell, model) -> dict[str, Any]:
+    """Shard k of n of an alpha group: its contiguous block of held-out rows decoded together at the group's
+    alphas (`rollout_group`), then KL and probes (`run_cell`), each alpha's rows into a shard file. A shard decodes
+    fewer rows per batch than the unsharded sweep, so its numbers match the unsharded ones up to float rounding,
+    not bit for bit; the plan fixes the shard count, so reruns and retries are byte-identical."""
+    from tl_isokl.calibrate import CalibrationResult
+    from tl_isokl.files import atomic_write_jsonl
+    from tl_isokl.probe import AnswerProbe
+    from tl_isokl.sweep import SweepConfig, rollout_group, run_cell
+
+    with _captured_sweep() as box:
+        try:
+            _sweep(cell, model, replace(cell.settings, alphas=cell.alphas, figures=False))
+        except _Captured:
+            pass
+    if "args" not in box:
+        raise IsoKLError(f"{cell.label}: the sweep did not start (nothing to shard)")
+    _, vector, calibration, prompts, _ = box["args"]
+    kw = box["kwargs"]
+    cal = CalibrationResult.from_dict(calibration) if isinstance(calibration, Mapping) else calibration
+    prompts, pids = list(prompts), list(kw["prompt_ids"])
+    spp = int(kw.get("samples_per_prompt", 1))
+    if spp > 1:  # as `sweep` expands them: rows "<id>#<k>"
+        prompts = [p for p in prompts for _ in range(spp)]
+        pids = [f"{i}#{j}" for i in pids for j in range(spp)]
+    neg = kw.get("calibration_neg")
+    c_neg = None if neg is None else (neg["c_star"] if isinstance(neg, Mapping) else neg.c_star)
+    k, n = cell.shard
+    lo, hi = k * len(prompts) // n, (k + 1) * len(prompts) // n
+    cfg = SweepConfig(c_star=cal.c_star, window=int(kw["window"]), threshold=float(kw["threshold"]),
+                      probe=AnswerProbe(kw["spec"], kw["schedule"]), positions=kw["positions"], prompts=prompts[lo:hi],
+                      prompt_ids=pids[lo:hi], sampling=kw["sampling"], c_star_neg=c_neg, readout=kw.get("readout"))
+    plan = read_plan(cell.state_dir) or {}
+    rows = int(plan.get("rows") or 128)
+    rolled = rollout_group(model, vector, cell.alphas, cfg, decode_batch_size=rows)
+    for a in cell.alphas:
+        trajs = run_cell(model, vector, a, cfg, rolled[a], batch_size=int(kw.get("batch_size", 32)))
+        atomic_write_jsonl(shard_path(cell, a, k, n), [t.to_dict(cfg.threshold) for t in trajs])
+    return {"rows": (hi - lo) * len(cell.alphas)}
+
+
+def _gather_shards(cell: Cell) -> None:
+    """The merge's first step for a sharded experiment: each alpha's shard files, in shard order, become its cell
+    file cells/alpha=<a>.jsonl (atomically; the rows in the unsharded order), then the shard files go."""
+    from tl_isokl.files import atomic_write_text
+    from tl_isokl.rundir import RunDir
+
+    plan = read_plan(cell.state_dir) or {}
+    n = int(plan.get("shards", 1))
+    if n <= 1:
+        return
+    rd = RunDir(cell.run_dir)
+    for a in cell.settings.alphas:
+        parts = [shard_path(cell, a, k, n) for k in range(n)]
+        if rd.has_cell(a):
+            continue
+        missing = [p for p in parts if not p.is_file()]
+        if missing:
+            raise IsoKLError(f"{missing[0]} is missing; rerun the grid to compute that shard")
+        atomic_write_text(rd.cell_path(a), "".join(p.read_text(encoding="utf-8") for p in parts))
+    for a in cell.settings.alphas:
+        for k in range(n):
+            shard_path(cell, a, k, n).unlink(missing_ok=True)
+
+
 # ------------------------------------------------------------------------------------------------ engines
 
 
@@ -511,7 +625,7 @@ def prepare(grid: Grid, out: str | Path) -> list[Cell]:
     for e in grid.experiments:
         e.settings = replace(e.settings, out=out / e.name)
         index["experiments"][e.name] = {"axes": e.axes, "alphas": list(grid.alphas)}
-        cells.append(Cell("calibrate", e.name, out, e.settings))
+        cells.append(Cell("calibrate", e.name, out, e.settings, shards=grid.shards))
     index["grid"] = str(grid.path.resolve()) if grid.path else None
     atomic_write_json(index_path, index)
     return cells

@@ -160,6 +160,29 @@ def test_two_drivers_on_one_folder(reference, grid_file, session_model, tmp_path
     same_grid(reference, tmp_path, grid_file)
 
 
+def test_prompt_shards_merge_into_the_sweep_cells(reference, grid_file, session_model, tmp_path):
+    """shards = 2: each alpha group's held-out rows in 2 cells, merged into the ordinary cells/alpha=<a>.jsonl, rows
+    in the unsharded order; numbers equal the unsharded ones up to float rounding (smaller decode batches)."""
+    import numpy as np
+
+    from tl_isokl.rundir import load_run
+
+    sharded = grid_file.parent / "SHARDED.toml"
+    sharded.write_text("shards = 2\n" + GRID.replace('spec = ["mean_diff", "pca"]', 'spec = "pca"'))
+    g = G.parse_grid(sharded)
+    res = G.run_grid(g, tmp_path)
+    assert not res.failed and [c["label"].split(" ", 1)[1] for c in res.cells] == [
+        "calibrate", "sweep α=0,2 shard 1/2", "sweep α=0,2 shard 2/2", "merge"]
+    name = g.experiments[0].name
+    a, b = load_run(tmp_path / name), load_run(reference / name)
+    assert [(t.alpha, t.prompt_id) for t in a.trajectories] == [(t.alpha, t.prompt_id) for t in b.trajectories]
+    for x, y in zip(a.trajectories, b.trajectories):
+        assert x.tokens == y.tokens
+        np.testing.assert_allclose(x.kl, y.kl, atol=1e-4)
+    assert not list((tmp_path / ".grid").rglob("*.shard-*"))  # merged, then removed
+    assert G.run_grid(g, tmp_path).computed == 0
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'tl-isokl[ray]')")

@@ -69,6 +69,7 @@ def test_name_is_the_sweep_default_folder(prompts):
     ('alphas = [0, 1]\n[settings]\nwindow = 8\n', ["window is an axis"]),
     ('alphas = [0, 1]\nspec = ["mean_diff", "mean_diff+add"]\n', ["same experiment", "duplicate"]),
     ("alphas = [0, 1\n", ["not valid TOML"]),
+    ("alphas = [0, 1]\nshards = 0\n", ["shards = 0", "integer >= 1"]),
 ])
 def test_bad_grid_is_one_line(prompts, text, needles):
     with pytest.raises(GridError) as e:
