@@ -40,6 +40,11 @@ def test_grid_run_status_and_report(grid_file, tmp_path, reuse_model, fresh_cach
     assert (run_dir / "report.md").is_file() and (run_dir / "figures" / "survival.png").is_file()
     r = invoke("report", run_dir)  # an ordinary run directory
     assert r.exit_code == 0, r.output
+    import csv
+
+    rows = list(csv.DictReader(open(out / "grid.csv")))  # compare's columns per experiment x alpha
+    assert [(r["axis_spec"], float(r["alpha"])) for r in rows] == [("mean_diff", 0.0), ("mean_diff", 2.0)]
+    assert float(rows[1]["c_star"]) > 0 and rows[0]["median_death"] is not None
     r = invoke("grid", grid_file, "--out", out)  # resume: nothing to do
     assert r.exit_code == 0 and "0 cell(s) computed, 3 already done" in r.output, r.output
 
