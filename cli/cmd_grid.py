@@ -30,9 +30,10 @@ from tl_isokl_cli.main import friendly_errors
 def command(grid_file, out, engine, address, gpus_per_cell, cpus_per_cell, retries, status_dir):
     """Run every experiment of GRID.toml (the product of its axes: model, spec, layer, window, target, stat,
     prompts, calibration_prompts, seed, concept, threshold; one shared alphas list; shared settings in
-    [settings]) as cells: one calibration per experiment, one sweep cell per alpha group, one merge. Finished cells
-    are skipped, so rerunning resumes (and a second driver on the same --out waits, then skips). Every experiment
-    is an ordinary run directory: report, plot, inspect and compare read it."""
+    [settings]; `shards = N` splits each alpha group's prompts over N cells) as cells: one calibration per
+    experiment, one sweep cell per alpha group (and shard), one merge. Finished cells are skipped, so rerunning
+    resumes (and a second driver on the same --out waits, then skips). Every experiment is an ordinary run
+    directory that report, plot and inspect read; DIR/grid.csv puts compare's columns side by side."""
     from tl_isokl import grid as G
 
     if status_dir is not None:
