@@ -309,9 +309,11 @@ class Run:
                 return "—"
             return f"{v:.4g}" if isinstance(v, float) else html.escape(str(v))
 
-        table = ("<table><tr>" + "".join(f"<th>{h}</th>" for _, h in cols) + "</tr>" +
-                 "".join("<tr>" + "".join(f"<td>{cell(r.get(k))}</td>" for k, _ in cols) + "</tr>" for r in rows)
-                 + "</table>")
+        td = 'style="text-align:right;padding:1px 8px"'
+        table = ('<table style="border-collapse:collapse;margin:6px 0"><tr>'
+                 + "".join(f"<th {td}>{h}</th>" for _, h in cols) + "</tr>"
+                 + "".join("<tr>" + "".join(f"<td {td}>{cell(r.get(k))}</td>" for k, _ in cols) + "</tr>"
+                           for r in rows) + "</table>")
         imgs = "".join(f'<img alt="{k}" style="max-width:48%;margin:4px" '
                        f'src="data:image/png;base64,{base64.b64encode(b).decode()}">'
                        for k, b in self.figures_png().items())
