@@ -49,7 +49,9 @@ def figure_paths(run_dir: str | Path, threshold: float | None = None, *, run: Ru
 
 def _save(fig: Any, path: Path, run: Run | None = None) -> Path:
     if run is not None:  # a figure says which run it came from, wherever it ends up
-        fig.text(0.995, 0.003, f"run: {Path(run.path).resolve().name} · {run.manifest.get('model')} · "
+        model = run.manifest.get("model")
+        model = model.get("name") if isinstance(model, dict) else model
+        fig.text(0.995, 0.003, f"run: {Path(run.path).resolve().name} · {model} · "
                  f"{run.manifest.get('method')} L{run.manifest.get('layer')}", ha="right", va="bottom", fontsize=6,
                  color="#777")
     buf = io.BytesIO()

@@ -118,3 +118,15 @@ def test_calibration_result_repr_is_short():
     assert len(text) < 250 and text.startswith("CalibrationResult(c_star=1, p95=1 (target 1") and "model='m'" in text
     page = cal._repr_html_()
     assert len(page) < 3000 and "<table>" in page and "3 doses tried" in page
+
+
+def test_saved_figures_name_their_run(synthetic_run, tmp_path):
+    from matplotlib.figure import Figure
+
+    from tl_isokl.report import _save
+
+    fig = Figure()
+    fig.add_subplot().plot([0, 1])
+    _save(fig, tmp_path / "f.png", load_run(synthetic_run))
+    notes = [t.get_text() for t in fig.texts]
+    assert notes == ["run: run · testbed-tiny · mean_diff L2"]
