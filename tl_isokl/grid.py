@@ -37,7 +37,6 @@ cells (`cached_model`).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import itertools
 import json
 import threading
@@ -818,7 +817,3 @@ def format_status(rows: Sequence[Mapping[str, Any]]) -> str:
     lines.append(f"{len(rows)} experiments: {counts['done']} done, {counts['pending']} pending, "
                  f"{counts['failed']} failed")
     return "\n".join(lines)
-
-
-def as_dict(obj) -> dict[str, Any]:
-    return dataclasses.asdict(obj)
