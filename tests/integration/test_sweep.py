@@ -156,7 +156,7 @@ def test_negative_alpha_steers_the_opposite_way(model, vec, cal, heldout, tmp_pa
 
     import re
 
-    assert len(draw_figures(run.path)) == 3
+    assert len(draw_figures(run.path)) == 4  # spaghetti raw + normalised, survival, dose-response
     assert re.search(r"^\|\s*-1\s*\|", write_report(run.path).read_text(), flags=re.M)
 
 
