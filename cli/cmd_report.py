@@ -56,4 +56,6 @@ def command(run: Path, threshold: float | None) -> None:
     click.echo(out.table, nl=False)
     click.echo("deaths by threshold (re-derived from the stored pmass):")
     click.echo(out.sensitivity, nl=False)
-    click.echo(f"wrote {out.path}" + (f" and {out.html.name} (one self-contained page, opens offline)" if out.html else ""))
+    if out.html is not None:
+        click.echo(f"wrote {out.html} (the report as one self-contained page: figures inline, opens offline)")
+    click.echo(f"wrote {out.path}")

@@ -130,3 +130,14 @@ def test_saved_figures_name_their_run(synthetic_run, tmp_path):
     _save(fig, tmp_path / "f.png", load_run(synthetic_run))
     notes = [t.get_text() for t in fig.texts]
     assert notes == ["run: run · testbed-tiny · mean_diff L2"]
+
+
+def test_cli_report_says_it_wrote_the_page(synthetic_run):
+    from click.testing import CliRunner
+
+    from tl_isokl_cli.main import cli
+
+    r = CliRunner().invoke(cli, ["report", str(synthetic_run)])
+    assert r.exit_code == 0, r.output
+    assert f"wrote {synthetic_run / 'report.html'} (the report as one self-contained page" in r.output
+    assert (synthetic_run / "report.html").is_file()
