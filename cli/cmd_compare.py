@@ -53,11 +53,14 @@ def _check_stats(ctx, param, value):
                    "(compare.csv/.md/.json, its figures; nothing else), then calibrate and sweep again.")
 @probe_options
 @click.option("--no-figures", is_flag=True, help="Skip each spec's own figures and report (compare's are drawn).")
+@click.option("--effect-words", nargs=2, type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              metavar="POS NEG", help="Word lists (one word a line, # comments): adds the lexicon effect, positive "
+                                      "minus negative words per 100 generated words, relative to alpha 0.")
 @friendly_errors
 def command(specs, no_null, model_name, dtype, device, revision, layer, concept, positions, window, alphas,
             threshold, target, stats, tol, prompts_path, cal_prompts_path, batch_size, seed, out, fresh, probe_preset,
             probe_file, probe_prefill, probe_true, probe_false, probe_think_close, skip_preflight, chat_template,
-            no_figures):
+            no_figures, effect_words):
     """Give every spec the same KL budget (each calibrated to --target-kl of --stat on the same prompts), sweep
     them on the same held-out prompts, and tabulate what the budget bought: held-out KL, survival, median death,
     the concept effect, log-rank p against the null and mean_diff. Writes OUT/compare.md and OUT/compare.csv.
@@ -81,7 +84,12 @@ def command(specs, no_null, model_name, dtype, device, revision, layer, concept,
         probe_false=tuple(map(unescape, probe_false)), probe_think_close=unescape(probe_think_close),
         skip_preflight=skip_preflight, chat_template=chat_template)
     prog = Progress()
+    words = None
+    if effect_words:
+        from tl_isokl.effect import read_word_list
+
+        words = (read_word_list(effect_words[0]), read_word_list(effect_words[1]))  # bad lists fail before loading
     res = run_compare(settings, parsed, out, stats=stats, null=not no_null, echo=click.echo,
-                      warn=lambda m: click.echo(f"Warning: {m}", err=True), progress=prog)
+                      warn=lambda m: click.echo(f"Warning: {m}", err=True), progress=prog, effect_words=words)
     prog.close()
     click.echo(f"compare: {Path(out) / COMPARE_MD} ({len(res['rows'])} rows, {len(res['figures'])} figures)")

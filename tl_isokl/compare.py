@@ -140,8 +140,8 @@ def spec_dir(out: str | Path, spec: Spec, stat: str, n_stats: int) -> Path:
 
 def run_compare(settings, specs: Sequence[str | Spec], out: str | Path, *, stats: Sequence[str] = ("p95",),
                 null: bool = True, echo: Callable[[str], None] = lambda _: None,
-                warn: Callable[[str], None] | None = None, model=None, progress: Callable | None = None
-                ) -> dict[str, Any]:
+                warn: Callable[[str], None] | None = None, model=None, progress: Callable | None = None,
+                effect_words: tuple[Sequence[str], Sequence[str]] | None = None) -> dict[str, Any]:
     """Calibrate and sweep every spec (x every calibration statistic) on one model load, then tabulate.
 
     `settings` is an `ExperimentSettings` holding everything the specs share (model, layer, window, alphas, prompt
@@ -176,7 +176,7 @@ def run_compare(settings, specs: Sequence[str | Spec], out: str | Path, *, stats
             run = run_sweep_experiment(s, echo=echo, warn=warn or echo, model=model, progress=progress,
                                        preflight=preflight)
             preflight = run.manifest.get("preflight") or None  # same model, prompts and probe for every spec
-    return write_compare(out, parsed, stats, request=request)
+    return write_compare(out, parsed, stats, request=request, effect_words=effect_words)
 
 
 def compare_request(settings) -> dict[str, Any]:
@@ -260,9 +260,11 @@ def _band_at(curve, t: float) -> tuple[float, float]:
 
 
 def compare_rows(runs: dict[str, Any], *, threshold: float | None = None,
-                 effects: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+                 effects: dict[str, Any] | None = None, lexicon: dict[str, Any] | None = None
+                 ) -> list[dict[str, Any]]:
     """Per spec x alpha: the row of compare.csv, from loaded runs {spec name: Run} and, where measured, their
-    concept effects {spec name: `tl_isokl.effect.ConceptScores`} (`run_effects`)."""
+    concept effects {spec name: `tl_isokl.effect.ConceptScores`} (`run_effects`) and lexicon effects
+    (`lexicon_effects`: the same pairing with alpha 0, in words per 100)."""
     from tl_isokl.statistics import summarize
     from tl_isokl.survival import fates, kaplan_meier, logrank, resolve_threshold
 
@@ -294,6 +296,10 @@ def compare_rows(runs: dict[str, Any], *, threshold: float | None = None,
                 if e is not None:
                     row.update({"effect": e["effect_mean"], "effect_low": e["ci_lo"], "effect_high": e["ci_hi"],
                                 "effect_n": e["n"]})
+            if lexicon is not None and name in lexicon:
+                e = next((r for r in lexicon[name].summary if r["alpha"] == float(a)), None)
+                if e is not None:
+                    row.update({"lexicon": e["effect_mean"], "lexicon_low": e["ci_lo"], "lexicon_high": e["ci_hi"]})
             for ref in (NULL_SPEC, REFERENCE_SPEC):
                 other = fate_sets.get(ref, {}).get(a)
                 row[f"p_vs_{ref}"] = None if other is None or ref == name else logrank(fs, other).p_value
@@ -309,7 +315,8 @@ def load_spec_runs(out: str | Path, specs: Sequence[Spec], stat: str, n_stats: i
 
 
 def write_compare(out: str | Path, specs: Sequence[Spec], stats: Sequence[str], *, threshold: float | None = None,
-                  request: dict[str, Any] | None = None) -> dict[str, Any]:
+                  request: dict[str, Any] | None = None,
+                  effect_words: tuple[Sequence[str], Sequence[str]] | None = None) -> dict[str, Any]:
     """compare.csv / compare.md / compare.json and the figures, from the spec run directories under `out`
     (`request`: the shared settings compare.json records for the next resume's check)."""
     from tl_isokl.files import atomic_write_json, atomic_write_text, csv_text, read_json
@@ -319,7 +326,8 @@ def write_compare(out: str | Path, specs: Sequence[Spec], stats: Sequence[str], 
     runs_by_stat = {}
     for stat in stats:
         runs_by_stat[stat] = runs = load_spec_runs(out, specs, stat, len(stats))
-        all_rows += compare_rows(runs, threshold=threshold, effects=effects_of_runs(runs))
+        lex = lexicon_effects(runs, *effect_words) if effect_words is not None else None
+        all_rows += compare_rows(runs, threshold=threshold, effects=effects_of_runs(runs), lexicon=lex)
     if not all_rows:
         raise IsoKLError(f"{out} holds no finished spec runs; run `tl-isokl compare --spec ... --out {out}` first")
     if request is None and (out / COMPARE_JSON).is_file():
@@ -355,6 +363,21 @@ def run_effects(run):
     return effect_summary(values, scale=float(axis["separation"]))
 
 
+def lexicon_effects(runs: dict[str, Any], pos_words: Sequence[str], neg_words: Sequence[str]) -> dict[str, Any]:
+    """{spec name: ConceptScores} of the lexicon score (positive - negative words per 100 words of the generated
+    text, `tl_isokl.effect.lexicon_score`), paired with the same prompt at alpha 0: model-free, so it needs
+    nothing stored beyond the text."""
+    from tl_isokl.effect import effect_summary, lexicon_score
+
+    out = {}
+    for name, run in runs.items():
+        values = {a: {t.prompt_id: lexicon_score(t.text, pos_words, neg_words) for t in ts}
+                  for a, ts in run.by_alpha().items()}
+        if values.get(0.0):
+            out[name] = effect_summary(values, scale=1.0)
+    return out
+
+
 def effects_of_runs(runs: dict[str, Any]) -> dict[str, Any] | None:
     """{spec name: ConceptScores} for the runs that measured the effect; None when none did."""
     out = {name: e for name, e in ((n, run_effects(r)) for n, r in runs.items()) if e is not None}
@@ -374,7 +397,8 @@ def compare_markdown(rows: Sequence[dict[str, Any]], specs: Sequence[Spec], stat
 
     names = {r["spec"] for r in rows}
     cols = ["spec", "alpha", "c_star", "kl_p95", "died", "n", "S_end", "S_end_low", "S_end_high", "median_death",
-            "effect", "effect_low", "effect_high", "p_vs_random", "p_vs_mean_diff"]
+            "effect", "effect_low", "effect_high", "lexicon", "lexicon_low", "lexicon_high", "p_vs_random",
+            "p_vs_mean_diff"]
     cols = [c for c in cols if not (c.startswith("p_vs_") and c[len("p_vs_"):] not in names)]  # reference absent
     parts = ["# Compare: what the same KL budget buys", "",
              f"Specs: {', '.join(s.name for s in specs)}. Each is a run directory beside this file (report, plot, "
@@ -388,6 +412,8 @@ def compare_markdown(rows: Sequence[dict[str, Any]], specs: Sequence[Spec], stat
              "in units of the concept's own contrastive separation (1.0 = as far as the contrastive examples "
              "differ); mean over prompts, 95% percentile-bootstrap interval over prompts (no effect columns: the "
              "runs did not measure it).",
+             "- `lexicon` (with `--effect-words POS NEG`): positive minus negative words per 100 generated words, "
+             "relative to the same prompt at alpha 0; mean and bootstrap interval over prompts (model-free).",
              f"- {P_NOTE}",
              "- compare.csv has every column; there an empty cell is `—` and `nan` is `n/a`.", ""]
     if any(r["alpha"] < 0 for r in rows):

@@ -377,3 +377,24 @@ def test_damaged_spec_files_fail_before_the_model(tmp_path, no_load):
     (d / "calibration.json").write_text("{not json")
     with pytest.raises(IsoKLError, match="calibration.json"):
         run_compare(settings(), ["mean_diff"], tmp_path / "c")
+
+
+def test_lexicon_effect_by_hand():
+    """--effect-words: (pos - neg) per 100 words of each text, minus the same prompt's at alpha 0, mean over
+    prompts; worked out by hand on two prompts."""
+    from tl_isokl.compare import lexicon_effects
+
+    def t(pid, alpha, text):
+        return Trajectory(prompt_id=pid, prompt="q", alpha=float(alpha), coeff=float(alpha), tokens=[1],
+                          text=text, kl=[0.0], eos=False, window=WINDOW, forks=forks_dying_at(None))
+
+    run = Run(path=Path("lex"), manifest={"window": WINDOW, "threshold": 0.75}, calibration={"c_star": 1.0},
+              trajectories=[t("a", 0, "the sun is nice"),             # +1 of 4 words: 25 per 100
+                            t("a", 1, "sunny happy day, glad me"),    # +3 of 5: 60
+                            t("b", 0, "a sad grey sky"),              # -2 of 4: -50
+                            t("b", 1, "sad sad but nice")])           # -2 + 1 of 4: -25
+    lex = lexicon_effects({"mean_diff": run}, ["nice", "sunny", "happy", "glad"], ["sad", "grey"])
+    r = compare_rows({"mean_diff": run}, lexicon=lex)
+    one = next(x for x in r if x["alpha"] == 1.0)
+    assert one["lexicon"] == pytest.approx(((60 - 25) + (-25 - -50)) / 2)
+    assert next(x for x in r if x["alpha"] == 0.0)["lexicon"] == 0.0
