@@ -198,7 +198,8 @@ def calibrate_verbose(model, vec, ids, prompts, s: ExperimentSettings, *, echo: 
     """`calibrate` with a header and a result line through `echo`; returns calibration.json's content."""
     from tl_isokl.calibrate import calibrate, calibrate_nll_delta
 
-    echo(f"calibrating {vec.method} L{vec.layer} on {len(prompts)} prompts, window {s.window}, "
+    gate = f"+{vec.gate.kind}:{vec.gate.tau:g}" if vec.gate is not None else ""
+    echo(f"calibrating {vec.method}{gate} L{vec.layer} on {len(prompts)} prompts, window {s.window}, "
          f"target {s.stat} = {s.target} nats")
     kw = dict(prompt_ids=ids, window=s.window, target=s.target, tol=s.tol, batch_size=s.batch_size, c_min=s.c_min,
               c_max=s.c_max, on_round=on_round, progress=progress, positions=s.positions, sampling=s.sampling())
