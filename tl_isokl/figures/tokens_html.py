@@ -276,3 +276,38 @@ def inspection_page(ins: Any, *, header: Mapping[str, Any] | None = None, bundle
 def write_html(path: str | Path, text: str) -> Path:
     """Atomic write of one page."""
     return atomic_write_text(path, text)
+
+
+class InlineHTML:
+    """HTML for a notebook cell: Jupyter displays `_repr_html_`; `html` is the string. Self-contained (the
+    circuitsvis bundle is inlined), so it renders offline."""
+
+    def __init__(self, text: str):
+        self.html = text
+
+    def _repr_html_(self) -> str:
+        return self.html
+
+    def __repr__(self) -> str:
+        return f"<InlineHTML: {len(self.html)} characters; display it in a notebook>"
+
+
+INLINE_METRICS = ("kl", "logp_steered", "logp_base", "cos_steered")
+
+
+def inline_trace(ins: Any, metrics: Sequence[str] = INLINE_METRICS) -> InlineHTML:
+    """One inspected trace (`tl_isokl.forensics.TraceInspection`, e.g. from `DeathReport.inspections`) as a
+    circuitsvis ColoredTokensMulti widget for a notebook: tokens coloured by each of `metrics` (its `scores`), with
+    the fork (`¦`) and death (`†`) marks of the inspect pages and the same HTML escaping. Uses circuitsvis's
+    `RenderedHTML.local_src` (its bundle inlined: no network, no CDN), never its `_repr_html_`."""
+    import torch
+    from circuitsvis.tokens import colored_tokens_multi
+
+    t = ins.traj
+    death = ins.fate.time if ins.fate.died else None
+    alive = {int(f.t): f.alive(ins.threshold) and (death is None or f.t < death) for f in t.forks}
+    toks = [html.escape(s, quote=False) for s in marked_tokens(ins.token_strs, alive, death)]
+    n = len(ins.token_strs)
+    values = torch.tensor([[float(ins.scores[k][i]) if i < n else 0.0 for k in metrics] for i in range(len(toks))],
+                          dtype=torch.float32).nan_to_num(0.0)
+    return InlineHTML(colored_tokens_multi(toks, values, list(metrics)).local_src)
