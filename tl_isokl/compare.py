@@ -291,6 +291,9 @@ def compare_rows(runs: dict[str, Any], *, threshold: float | None = None,
                 "died": km.died, "n": km.n, "S_end": km.at(window), "S_end_low": lo, "S_end_high": hi,
                 "median_death": km.median(),
             }
+            on = [t.gate_on for t in ts if getattr(t, "gate_on", None) is not None]
+            if on:  # gate telemetry: the share of generated tokens the gate let through, mean over trajectories
+                row["gate_on"] = float(np.mean(on))
             if effects is not None and name in effects:
                 e = next((r for r in effects[name].summary if r["alpha"] == float(a)), None)
                 if e is not None:
@@ -397,8 +400,8 @@ def compare_markdown(rows: Sequence[dict[str, Any]], specs: Sequence[Spec], stat
 
     names = {r["spec"] for r in rows}
     cols = ["spec", "alpha", "c_star", "kl_p95", "died", "n", "S_end", "S_end_low", "S_end_high", "median_death",
-            "effect", "effect_low", "effect_high", "lexicon", "lexicon_low", "lexicon_high", "p_vs_random",
-            "p_vs_mean_diff"]
+            "effect", "effect_low", "effect_high", "lexicon", "lexicon_low", "lexicon_high", "gate_on",
+            "p_vs_random", "p_vs_mean_diff"]
     cols = [c for c in cols if not (c.startswith("p_vs_") and c[len("p_vs_"):] not in names)]  # reference absent
     parts = ["# Compare: what the same KL budget buys", "",
              f"Specs: {', '.join(s.name for s in specs)}. Each is a run directory beside this file (report, plot, "
@@ -412,6 +415,8 @@ def compare_markdown(rows: Sequence[dict[str, Any]], specs: Sequence[Spec], stat
              "in units of the concept's own contrastive separation (1.0 = as far as the contrastive examples "
              "differ); mean over prompts, 95% percentile-bootstrap interval over prompts (no effect columns: the "
              "runs did not measure it).",
+             "- `gate_on` (gated specs): the share of generated tokens where the cosine gate let steering "
+             "through, mean over trajectories.",
              "- `lexicon` (with `--effect-words POS NEG`): positive minus negative words per 100 generated words, "
              "relative to the same prompt at alpha 0; mean and bootstrap interval over prompts (model-free).",
              f"- {P_NOTE}",

@@ -46,7 +46,8 @@ def per_token_kl(
     progress: Callable[[int], None] | None = None,
     final: Sequence[torch.Tensor | None] | None = None,
     readout: Any = None,
-) -> list[np.ndarray] | tuple[list[np.ndarray], list[np.ndarray]]:
+    gate_readout: bool = False,
+) -> list[np.ndarray] | tuple[list[np.ndarray], dict[str, list[np.ndarray] | None]]:
     """Per-token KL for each rollout: a float32 array of len(rollout.tokens) (empty for an empty rollout).
 
     Exactly 0 for rows at coefficient 0 (not computed: the hook is the identity there, so the steered and base
@@ -59,18 +60,28 @@ def per_token_kl(
         readout: a `tl_isokl.effect.ConceptAxis`: also return, per rollout, the *base* model's residual at the
             axis's layer projected on it at each generated token (how the unsteered model reads the steered text),
             from the same base pass; rows at coefficient 0 are then run too (base pass only), since they are the
-            reference the effect is measured against. Returns (kls, projections).
+            reference the effect is measured against.
+        gate_readout: for a gated vector, also return per rollout the gate value g(h, v) at each generated token.
+            The gate reads the residual *entering* the hook at the vector's layer, which depends only on layers
+            below it, so on the steered rollout's tokens it equals the base model's residual there: the base pass
+            already has it (rows at coefficient 0 are then run too).
+
+    With `readout` or `gate_readout`: returns (kls, {"concept": per-row projections or None, "gate": per-row gate
+    values or None}).
     """
     if final is not None and len(final) != len(rollouts):
         raise IsoKLError(f"final has {len(final)} entries for {len(rollouts)} rollouts; pass the list `rollout(..., "
                          f"return_final=True)` returned with those rollouts")
     out: list[np.ndarray | None] = [None] * len(rollouts)
+    gate_readout = bool(gate_readout and vector is not None and vector.gate is not None)
+    reading = readout is not None or gate_readout
     proj: list[np.ndarray] = [np.zeros(0, np.float32) for _ in rollouts]
+    gates: list[np.ndarray] = [np.zeros(0, np.float32) for _ in rollouts]
     todo, base_only = [], []
     for i, r in enumerate(rollouts):
         if r.coeff == 0.0 or not r.tokens:
             out[i] = np.zeros(len(r.tokens), np.float32)
-            if readout is not None and r.tokens:
+            if reading and r.tokens:
                 base_only.append(i)
         else:
             todo.append(i)
@@ -82,23 +93,27 @@ def per_token_kl(
     for group, mode in ((have, "final"), (both, "both"), (base_only, "base")):
         for b0 in range(0, len(group), batch_size):
             idx = group[b0: b0 + batch_size]
-            kls, ps = _kl_batch(model, vector, [rollouts[i] for i in idx], positions,
-                                [final[i] for i in idx] if mode == "final" else None,  # type: ignore[index]
-                                readout, base_only=mode == "base")
+            kls, ps, gs = _kl_batch(model, vector, [rollouts[i] for i in idx], positions,
+                                    [final[i] for i in idx] if mode == "final" else None,  # type: ignore[index]
+                                    readout, base_only=mode == "base", gate_readout=gate_readout)
             for k, i in enumerate(idx):
                 if mode != "base":
                     out[i] = kls[k]
                 if ps is not None:
                     proj[i] = ps[k]
+                if gs is not None:
+                    gates[i] = gs[k]
             if progress is not None:
                 progress(len(idx))
-    if readout is not None:
-        return out, proj  # type: ignore[return-value]
+    if reading:
+        return out, {"concept": proj if readout is not None else None,  # type: ignore[return-value]
+                     "gate": gates if gate_readout else None}
     return out  # type: ignore[return-value]
 
 
 def _kl_batch(model, vector, rows: Sequence[Rollout], positions: str, final: Sequence[torch.Tensor] | None,
-              readout: Any = None, base_only: bool = False) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+              readout: Any = None, base_only: bool = False, gate_readout: bool = False
+              ) -> tuple[list[np.ndarray], list[np.ndarray] | None, list[np.ndarray] | None]:
     """KL (and base-model projections on `readout`) of one batch of rows: base copies only when `final` is given
     or `base_only` (no KL then), steered + base copies otherwise."""
     R = len(rows)
@@ -115,16 +130,27 @@ def _kl_batch(model, vector, rows: Sequence[Rollout], positions: str, final: Seq
 
         recorder = ProjectionRecorder(readout)
         hooks += recorder.fwd_hooks()  # first: reads the residual before a steering hook at the same layer
+    seen: dict[str, torch.Tensor] = {}
+    if gate_readout:
+        from tl_isokl.steer import gate_values
+
+        def read_gate(h, hook):  # before any steering hook at this layer: the residual the gate sees
+            seen["g"] = gate_values(h, vector.direction.to(h.device), vector.gate).cpu()
+        hooks.append((vector.hook_name, read_gate))
     if both:
         hooks += steering_hooks(vector, [r.coeff for r in rows] + [0.0] * R, positions=positions,
                                 start=gen_starts * 2)
     resid = next(iter(resid_post(model, ids, attention_mask=mask, position_ids=position_ids(mask),
                                  hooks=hooks).values()))
-    proj = None
-    if recorder is not None:  # the base copies: rows R..2R-1 in the two-copy batch, 0..R-1 otherwise
-        proj = recorder.take(range(R, 2 * R) if both else range(R), gen_starts, [len(r.tokens) for r in rows])
+    proj = gate = None
+    base = range(R, 2 * R) if both else range(R)  # the base copies: rows R..2R-1 in the two-copy batch
+    lengths = [len(r.tokens) for r in rows]
+    if recorder is not None:
+        proj = recorder.take(base, gen_starts, lengths)
+    if gate_readout:
+        gate = [seen["g"][b, s: s + n].numpy().astype(np.float32) for b, s, n in zip(base, gen_starts, lengths)]
     if base_only:
-        return [], proj
+        return [], proj, gate
     # (row, position) of the distribution that produced each generated token: the previous position
     row_idx, pos_idx = [], []
     for j, r in enumerate(rows):
@@ -146,4 +172,4 @@ def _kl_batch(model, vector, rows: Sequence[Rollout], positions: str, final: Seq
     for r in rows:
         out.append(kl_flat[a: a + len(r.tokens)].numpy().astype(np.float32))
         a += len(r.tokens)
-    return out, proj
+    return out, proj, gate

@@ -7,6 +7,7 @@ Kept free of torch so that analysis code and notebooks can load a run directory 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Sequence
 
 
 @dataclass
@@ -90,6 +91,10 @@ class Trajectory:
     # the base model's mean projection of its generated tokens on the run's concept axis (tl_isokl.effect), when
     # the sweep measured it; None otherwise (and in files written before it existed)
     concept: float | None = None
+    # for a gated vector: the share of generated tokens where the gate let steering through (g != 0) and the mean
+    # gate value over them, read in the KL's base pass (the residual the gate sees); None otherwise
+    gate_on: float | None = None
+    gate_mean: float | None = None
 
     @property
     def length(self) -> int:
@@ -97,21 +102,24 @@ class Trajectory:
 
     @classmethod
     def from_rollout(cls, r: Rollout, *, alpha: float, kl, forks: list[ForkProbe], coeff: float | None = None,
-                     concept: float | None = None) -> "Trajectory":
+                     concept: float | None = None, gate: Sequence[float] | None = None) -> "Trajectory":
         """The stored record of a rollout measured at `alpha` (prompt token ids are re-derivable, not stored).
         `coeff`: the exact dose alpha x c* (the rollout's own went through a float32 tensor)."""
         return cls(prompt_id=r.prompt_id, prompt=r.prompt, alpha=float(alpha),
                    coeff=float(r.coeff if coeff is None else coeff),
                    tokens=list(r.tokens), text=r.text, kl=[float(x) for x in kl], eos=r.eos, window=r.window,
-                   forks=list(forks), concept=None if concept is None else float(concept))
+                   forks=list(forks), concept=None if concept is None else float(concept),
+                   gate_on=None if gate is None or not len(gate) else float(sum(g != 0 for g in gate) / len(gate)),
+                   gate_mean=None if gate is None or not len(gate) else float(sum(gate) / len(gate)))
 
     def to_dict(self, threshold: float | None = None) -> dict:
         """The stored record; with `threshold`, also its `fate` at that threshold (a derived copy for readers
         without this package: `from_dict` ignores it and `fate()` recomputes, so a new threshold never reads a
         stale one)."""
         d = asdict(self)
-        if d.get("concept") is None:  # not measured: files stay as they were before the field existed
-            d.pop("concept", None)
+        for k in ("concept", "gate_on", "gate_mean"):
+            if d.get(k) is None:  # not measured: files stay as they were before the field existed
+                d.pop(k, None)
         if threshold is not None:
             d["fate"] = {"threshold": float(threshold), **asdict(fate(self, threshold))}
         return d

@@ -304,18 +304,23 @@ def run_cell(model, vector: SteeringVector, alpha: float, cfg: SweepConfig, roll
                 progress(f"{stage} α={alpha_key(alpha)}", done[0], n)
         return f
 
+    gated = vector.gate is not None
     kls = per_token_kl(model, vector, rolls, batch_size=batch_size, positions=cfg.positions, progress=tick("kl"),
-                       final=finals, readout=cfg.readout)
+                       final=finals, readout=cfg.readout, gate_readout=gated)
     concept: list = [None] * n
-    if cfg.readout is not None:
+    gates: list = [None] * n
+    if cfg.readout is not None or gated:
         from tl_isokl.effect import trajectory_score
 
-        kls, proj = kls
-        concept = [trajectory_score(p) if len(p) else None for p in proj]
+        kls, extra = kls
+        if extra["concept"] is not None:
+            concept = [trajectory_score(p) if len(p) else None for p in extra["concept"]]
+        if extra["gate"] is not None:
+            gates = list(extra["gate"])
     forks = cfg.probe.measure(model, vector, rolls, batch_size=probe_batch_size, positions=cfg.positions,
                               progress=tick("probe"))
-    return [Trajectory.from_rollout(r, alpha=alpha, coeff=coeff, kl=k, forks=f, concept=c)
-            for r, k, f, c in zip(rolls, kls, forks, concept)]
+    return [Trajectory.from_rollout(r, alpha=alpha, coeff=coeff, kl=k, forks=f, concept=c, gate=g)
+            for r, k, f, c, g in zip(rolls, kls, forks, concept, gates)]
 
 
 def summary_rows(run: Run) -> list[dict[str, Any]]:

@@ -80,6 +80,11 @@ def test_every_spec_is_a_run_directory_report_can_read(compared):
         axes.add(run.manifest["concept_axis"]["sha256"])
         prompts.add(run.manifest["prompts_sha256"])
         assert all(t.concept is not None for t in run.trajectories)
+        steered = [t for t in run.trajectories if t.coeff != 0 and t.tokens]
+        if s.gate is None:  # gate telemetry only where there is a gate, a share of tokens where there is
+            assert all(t.gate_on is None for t in run.trajectories)
+        else:
+            assert steered and all(0.0 <= t.gate_on <= 1.0 and t.gate_mean >= 0.0 for t in steered)
         assert write_report(d).is_file()
     assert len(axes) == 1 and len(prompts) == 1  # one ruler and one prompt set for every spec
     rep = report_run(spec_dir(out, specs_with_null(SPECS)[2], "p95", 1))  # figures drawn too

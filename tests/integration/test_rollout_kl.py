@@ -148,7 +148,9 @@ def test_kl_pass_reads_the_base_models_concept_projection(model, vec, prompts):
     P, C, I = grid(prompts[:2], [0.0, 2.0])
     rolls, finals = rollout(model, vec, P, C, prompt_ids=I, window=10, batch_size=4, return_final=True)
     for fin in (finals, None):  # base-only pass, and the two-copy pass
-        kls, proj = per_token_kl(model, vec, rolls, batch_size=3, final=fin, readout=axis)
+        kls, extra = per_token_kl(model, vec, rolls, batch_size=3, final=fin, readout=axis)
+        proj = extra["concept"]
+        assert extra["gate"] is None  # an ungated vector has no gate to read
         hf = model.original_model
         u = axis.direction.double()
         for r, k, p in zip(rolls, kls, proj):
@@ -165,3 +167,29 @@ def test_kl_pass_reads_the_base_models_concept_projection(model, vec, prompts):
             np.testing.assert_allclose(p, want, atol=1e-4, rtol=1e-5)
             if r.coeff == 0:
                 assert np.all(k == 0)
+
+
+def test_kl_pass_reads_the_gate_the_steering_saw(model, vec, prompts):
+    """Gate telemetry from the base pass: g = relu(|cos(h, v)| - tau) of the residual entering the hook at the
+    vector's layer, per generated token; checked against a plain HF forward hook on that decoder layer."""
+    from tl_isokl.vector import Gate
+
+    v = vec.with_gate(Gate("soft", 0.05))
+    P, C, I = grid(prompts[:2], [0.0, 8.0])
+    rolls, finals = rollout(model, v, P, C, prompt_ids=I, window=10, batch_size=4, return_final=True)
+    kls, extra = per_token_kl(model, v, rolls, batch_size=3, final=finals, gate_readout=True)
+    assert extra["concept"] is None
+    hf = model.original_model
+    d = v.direction.double()
+    for r, g in zip(rolls, extra["gate"]):
+        got = {}
+        h = hf.model.layers[v.layer].register_forward_hook(
+            lambda m, i, o: got.__setitem__("h", o[0] if isinstance(o, tuple) else o))
+        try:
+            with torch.no_grad():
+                hf(input_ids=torch.tensor([r.prompt_tokens + r.tokens]))
+        finally:
+            h.remove()
+        x = got["h"][0, len(r.prompt_tokens): len(r.prompt_tokens) + len(r.tokens)].double()
+        cos = (x @ d) / (x.norm(dim=-1) * d.norm())
+        np.testing.assert_allclose(g, torch.relu(cos.abs() - 0.05).numpy(), atol=1e-5)

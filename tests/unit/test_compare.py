@@ -398,3 +398,17 @@ def test_lexicon_effect_by_hand():
     one = next(x for x in r if x["alpha"] == 1.0)
     assert one["lexicon"] == pytest.approx(((60 - 25) + (-25 - -50)) / 2)
     assert next(x for x in r if x["alpha"] == 0.0)["lexicon"] == 0.0
+
+
+def test_gate_telemetry_column_only_for_gated_runs():
+    def t(pid, alpha, gate_on):
+        return Trajectory(prompt_id=pid, prompt="q", alpha=float(alpha), coeff=float(alpha), tokens=[1, 2],
+                          text="x", kl=[0.0, 0.0], eos=False, window=WINDOW, forks=forks_dying_at(None),
+                          gate_on=gate_on)
+
+    gated = Run(path=Path("g"), manifest={"window": WINDOW, "threshold": 0.75}, calibration={"c_star": 1.0},
+                trajectories=[t("a", 1, 0.5), t("b", 1, 0.25)])
+    plain = Run(path=Path("p"), manifest={"window": WINDOW, "threshold": 0.75}, calibration={"c_star": 1.0},
+                trajectories=[t("a", 1, None), t("b", 1, None)])
+    rows = compare_rows({"mean_diff+soft:0.1": gated, "mean_diff": plain})
+    assert rows[0]["gate_on"] == pytest.approx(0.375) and "gate_on" not in rows[1]
