@@ -9,7 +9,7 @@ import click
 
 from tl_isokl_cli.common import (Progress, allow_other_model_option, early_vector, fresh_option, given,
                                  model_options, positions_option, probe_options, refuse_unused, sampling_options,
-                                 stat_option, unescape, vector_options)
+                                 quiet_option, stat_option, talker, unescape, vector_options)
 from tl_isokl_cli.main import friendly_errors
 
 
@@ -73,12 +73,13 @@ def calibration_target(target: float, stat: str, target_nll_delta: float | None)
 @allow_other_model_option
 @probe_options
 @functools.partial(sampling_options, samples=False)
+@quiet_option
 @friendly_errors
 def command(model_name, dtype, device, revision, vector_path, method, layer, concept, gate, tau,
             positions, window, target,
             stat, target_nll_delta, tol, c_max, c_min, prompts_path, batch_size, seed, out, fresh, allow_other_model, probe_preset,
             probe_file, probe_prefill, probe_true, probe_false, probe_think_close, skip_preflight, chat_template,
-            temperature, top_p):
+            temperature, top_p, quiet):
     """Find the iso-KL dose c* of a steering vector and write calibration.json + manifest.json.
 
     Everything that needs no model is checked first (flags, the vector and prompt files, that --out is writable).
@@ -100,14 +101,15 @@ def command(model_name, dtype, device, revision, vector_path, method, layer, con
         probe_prefill=unescape(probe_prefill), probe_true=tuple(map(unescape, probe_true)),
         probe_false=tuple(map(unescape, probe_false)), probe_think_close=unescape(probe_think_close),
         skip_preflight=skip_preflight, chat_template=chat_template, temperature=temperature, top_p=top_p)
-    prog = Progress()
+    prog = Progress(enabled=not quiet)
     done = [0]
 
     def tick(k):
         done[0] += k
         prog("calibration rollouts", done[0], None)
 
-    out = run_calibration_experiment(settings, echo=click.echo, on_round=round_printer(stat, target, tol),
+    out = run_calibration_experiment(settings, echo=talker(quiet),
+                                     on_round=None if quiet else round_printer(stat, target, tol),
                                      progress=tick)
     prog.close()
     click.echo(f"wrote {out / 'calibration.json'}")

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from tl_isokl_cli.common import Progress, check_concept, model_options, positions_option, probe_options, unescape
+from tl_isokl_cli.common import (Progress, check_concept, model_options, positions_option, probe_options,
+                                 quiet_option, talker, unescape)
 from tl_isokl_cli.main import friendly_errors
 
 
@@ -56,11 +57,12 @@ def _check_stats(ctx, param, value):
 @click.option("--effect-words", nargs=2, type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               metavar="POS NEG", help="Word lists (one word a line, # comments): adds the lexicon effect, positive "
                                       "minus negative words per 100 generated words, relative to alpha 0.")
+@quiet_option
 @friendly_errors
 def command(specs, no_null, model_name, dtype, device, revision, layer, concept, positions, window, alphas,
             threshold, target, stats, tol, prompts_path, cal_prompts_path, batch_size, seed, out, fresh, probe_preset,
             probe_file, probe_prefill, probe_true, probe_false, probe_think_close, skip_preflight, chat_template,
-            no_figures, effect_words):
+            no_figures, effect_words, quiet):
     """Give every spec the same KL budget (each calibrated to --target-kl of --stat on the same prompts), sweep
     them on the same held-out prompts, and tabulate what the budget bought: held-out KL, survival, median death,
     the concept effect, log-rank p against the null and mean_diff. Writes OUT/compare.md and OUT/compare.csv.
@@ -83,13 +85,13 @@ def command(specs, no_null, model_name, dtype, device, revision, layer, concept,
         probe_file=probe_file, probe_prefill=unescape(probe_prefill), probe_true=tuple(map(unescape, probe_true)),
         probe_false=tuple(map(unescape, probe_false)), probe_think_close=unescape(probe_think_close),
         skip_preflight=skip_preflight, chat_template=chat_template)
-    prog = Progress()
+    prog = Progress(enabled=not quiet)
     words = None
     if effect_words:
         from tl_isokl.effect import read_word_list
 
         words = (read_word_list(effect_words[0]), read_word_list(effect_words[1]))  # bad lists fail before loading
-    res = run_compare(settings, parsed, out, stats=stats, null=not no_null, echo=click.echo,
+    res = run_compare(settings, parsed, out, stats=stats, null=not no_null, echo=talker(quiet),
                       warn=lambda m: click.echo(f"Warning: {m}", err=True), progress=prog, effect_words=words)
     prog.close()
     click.echo(f"compare: {Path(out) / COMPARE_MD} ({len(res['rows'])} rows, {len(res['figures'])} figures)")

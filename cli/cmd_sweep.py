@@ -8,8 +8,8 @@ import click
 
 from tl_isokl_cli.cmd_calibrate import calibration_options, calibration_target, check_bounds, round_printer
 from tl_isokl_cli.common import (Progress, allow_other_model_option, early_vector, fresh_option, given,
-                                 model_options, positions_option, probe_options, refuse_unused, sampling_options,
-                                 unescape, vector_options)
+                                 model_options, positions_option, probe_options, quiet_option, refuse_unused,
+                                 sampling_options, talker, unescape, vector_options)
 from tl_isokl_cli.main import friendly_errors
 
 
@@ -50,6 +50,7 @@ from tl_isokl_cli.main import friendly_errors
 @probe_options
 @sampling_options
 @click.option("--no-figures", is_flag=True, help="Skip drawing figures and report.md at the end.")
+@quiet_option
 @friendly_errors
 def command(model_name, dtype, device, revision, vector_path, method, layer, concept, gate, tau,
             positions, calibration_path,
@@ -57,7 +58,7 @@ def command(model_name, dtype, device, revision, vector_path, method, layer, con
             c_min, c_max,
             batch_size, seed, out, fresh, two_sided, allow_unconverged, allow_other_model, probe_preset, probe_file,
             probe_prefill, probe_true, probe_false, probe_think_close, skip_preflight, chat_template, temperature,
-            top_p, samples_per_prompt, no_figures):
+            top_p, samples_per_prompt, no_figures, quiet):
     """Calibrate (unless --calibration is given), sweep alpha on held-out prompts, write the run directory.
 
     Rerunning the same command resumes. A run directory (or --calibration file) made with other settings is
@@ -103,15 +104,15 @@ def command(model_name, dtype, device, revision, vector_path, method, layer, con
         probe_false=tuple(map(unescape, probe_false)), probe_think_close=unescape(probe_think_close),
         skip_preflight=skip_preflight, chat_template=chat_template, temperature=temperature, top_p=top_p,
         samples_per_prompt=samples_per_prompt, two_sided=two_sided)
-    prog, cal_prog = Progress(), Progress()
+    prog, cal_prog = Progress(enabled=not quiet), Progress(enabled=not quiet)
     done = [0]
 
     def cal_tick(k):
         done[0] += k
         cal_prog("calibration rollouts", done[0], None)
 
-    run = run_sweep_experiment(settings, echo=click.echo, warn=lambda m: click.echo(f"Warning: {m}", err=True),
-                               on_round=round_printer(stat, target, tol), cal_progress=cal_tick, progress=prog,
+    run = run_sweep_experiment(settings, echo=talker(quiet), warn=lambda m: click.echo(f"Warning: {m}", err=True),
+                               on_round=None if quiet else round_printer(stat, target, tol), cal_progress=cal_tick, progress=prog,
                                before_cells=cal_prog.close)
     prog.close()
     click.echo(f"run directory: {run.path}")

@@ -376,3 +376,14 @@ class Progress:
             print(f"{self.stage}: {self.done}{of} rows in {time.monotonic() - self.t0:.1f} s", file=self.stream,
                   flush=True)
         self.stage, self.done, self.total = None, 0, None
+
+
+def quiet_option(fn):
+    """--quiet / -q: no progress, no per-round or per-step lines; errors, warnings and the final line stay."""
+    return click.option("--quiet", "-q", is_flag=True,
+                        help="Print only errors, warnings and the final line (no progress or round tables).")(fn)
+
+
+def talker(quiet: bool):
+    """click.echo, or nothing under --quiet (for the library's echo= callbacks)."""
+    return (lambda _m: None) if quiet else click.echo

@@ -29,10 +29,15 @@ from tl_isokl.rollout import Sampling
 from tl_isokl.sweep import sweep
 from tl_isokl.rundir import load_run
 from tl_isokl.prompt_sets import default_concepts, default_prompts
+from tl_isokl.survival import kaplan_meier, km_curves, logrank, survival_table
+from tl_isokl.report import draw_figures, report_run, write_report
+from tl_isokl.compare import run_compare
+from tl_isokl.effect import concept_axis, lexicon_score
 
 __all__ = [
     "load_model", "SteeringVector", "Gate", "read_vector", "VectorSource", "extract", "steer", "Steering",
     "rollout", "Rollout", "Sampling", "per_token_kl", "calibrate", "calibrate_nll_delta", "CalibrationResult", "ProbeSpec", "Probe",
     "AnswerProbe", "probe_spec", "probe", "sweep",
-    "load_run", "default_prompts", "default_concepts", "IsoKLError", "CalibrationError", "IsoKLWarning",
+    "load_run", "default_prompts", "default_concepts", "km_curves", "kaplan_meier", "logrank", "survival_table",
+    "draw_figures", "write_report", "report_run", "run_compare", "concept_axis", "lexicon_score", "IsoKLError", "CalibrationError", "IsoKLWarning",
 ]

@@ -84,3 +84,11 @@ def test_calibrate_to_a_base_text_nll_delta(runner, tmp_path):
     assert cal["stat"] == "nll_delta" and cal["identity"]["stat"] == "nll_delta" and cal["target"] == 0.3
     assert cal["converged"] and abs(cal["achieved"] - 0.3) <= 0.05 * 0.3
     assert "nll_delta" in res.output
+
+
+def test_quiet_prints_only_the_final_line(runner, tmp_path):
+    out = tmp_path / "q"
+    res = runner.invoke(cli, ["calibrate", "--window", "8", "--quiet", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert res.output.strip().splitlines() == [f"wrote {out / 'calibration.json'}"]
+    assert json.loads((out / "calibration.json").read_text())["converged"]
