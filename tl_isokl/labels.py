@@ -81,12 +81,14 @@ def label_death(
 
     Rules, first match wins:
 
+    0. "dead_at_prompt": the death fork is 0. The model failed the probe before generating anything: steering
+       the prompt's own positions already broke the answer format (there is no generated token to blame).
     1. "kl_spike": a token in the window has KL > max(k x p95, min_kl), p95 taken over all of the trajectory's
        finite KL values. The intervention itself moved one distribution far more than usual just before death.
     2. "repetition_loop": a unit of 1..`ngram` tokens occurs >= `repeats` times in the window; back to back
        when `contiguous` (a loop), anywhere otherwise. The text collapsed while the steering budget looked fine.
     3. "format_fragile": neither. KL stayed in its usual range and the text did not loop, yet the model lost
-       the JSON answer format: the probe broke under ordinary steering (also every death at fork 0).
+       the JSON answer format: the probe broke under ordinary steering.
 
     Why this order: KL is the direct measurement of steering vs base on the same context, while a loop can be
     the base model's own degeneracy (small models loop unsteered, and then KL stays low). A loop after a spike
@@ -144,7 +146,7 @@ def label_death(
         loop["start"] += start
         fired.append("repetition_loop")
     ev["loop"] = loop
-    label = fired[0] if fired else "format_fragile"
+    label = "dead_at_prompt" if t == 0 else fired[0] if fired else "format_fragile"
     ev["fired"] = fired
     ev["also"] = [x for x in fired if x != label]
     ev["summary"] = evidence_summary(label, ev)
@@ -161,6 +163,8 @@ def evidence_summary(label: str, ev: dict[str, Any]) -> str:
         s = f"{lp['n']}-token unit x{lp['repeats']} from token {lp['start']}"
         if lp.get("text") is not None:
             s += f" {lp['text']!r}"
+    elif label == "dead_at_prompt":
+        s = "failed the probe before generating anything (steering the prompt broke the format)"
     elif ev["max_kl"] is None:
         s = "no tokens before death" if ev["window"][1] == 0 else "no KL in window"
     elif ev["max_kl"] == 0 and not ev["p95"]:

@@ -61,8 +61,8 @@ def test_whole_interval_since_last_alive_fork_is_searched():
 
 def test_death_at_first_fork_has_an_empty_window():
     label, ev = label_death(trace(flat(), forks=((0, 0.2), (16, 0.9))), THR)
-    assert ev["window"] == [0, 0] and ev["last_alive_fork"] is None and label == "format_fragile"
-    assert ev["summary"] == "no tokens before death"
+    assert ev["window"] == [0, 0] and ev["last_alive_fork"] is None and label == "dead_at_prompt"
+    assert ev["summary"].startswith("failed the probe before generating anything")
 
 
 def test_repetition_loop_with_flat_kl():
@@ -119,8 +119,8 @@ def test_k_sets_the_spike_ratio():
 
 def test_death_at_fork_zero_has_an_empty_window():
     label, ev = label_death(trace(flat(), forks=((0, 0.1), (16, 0.9))), THR)
-    assert label == "format_fragile" and ev["window"] == [0, 0] and ev["max_kl"] is None
-    assert ev["summary"] == "no tokens before death"
+    assert label == "dead_at_prompt" and ev["window"] == [0, 0] and ev["max_kl"] is None
+    assert ev["summary"].startswith("failed the probe before generating anything")
 
 
 def test_nan_kl_is_ignored():
