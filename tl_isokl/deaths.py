@@ -254,6 +254,21 @@ def _load_model(run: Run, model_name: str | None, device: str | None, n: int, lo
         raise ModelLoadError(f"{e}; or pass --model NAME_OR_PATH to load another copy of it") from None
 
 
+def _earlier_deaths(out: Path, run: Run, thr: float, radius: int) -> list[dict[str, Any]]:
+    """deaths.json records of an earlier inspect of this run into `out` at the same threshold and radius."""
+    import json
+
+    p = out / DEATHS_JSON
+    try:
+        old = json.loads(p.read_text(encoding="utf-8")) if p.is_file() else None
+    except (OSError, ValueError):
+        return []  # unreadable: rewritten from this call's traces
+    if not isinstance(old, dict) or old.get("run") != str(run.path) or old.get("threshold") != thr \
+            or old.get("radius") != radius:
+        return []
+    return [d for d in old.get("deaths") or [] if isinstance(d, dict) and {"row", "page"} <= d.keys()]
+
+
 def _write(out: Path, run: Run, thr: float, results: list[tuple[int, TraceInspection]],
            radius: int) -> dict[str, Any]:
     """The pages, index.html, deaths.json and deaths.csv; the DeathReport fields that name them."""
@@ -274,16 +289,29 @@ def _write(out: Path, run: Run, thr: float, results: list[tuple[int, TraceInspec
                         "evidence": d["evidence"], "page": d["page"]})
     from tl_isokl.survival import is_rederived, threshold_text
 
+    # one index per run: traces inspected by earlier calls (another --alpha or --index) stay listed while their
+    # pages exist and were made at the same threshold and radius
+    mine = {d["row"] for d in deaths}
+    written = deaths
+    for d in _earlier_deaths(out, run, thr, radius):
+        if d["row"] not in mine and (out / d["page"]).is_file() and 0 <= d["row"] < len(run.trajectories):
+            t = run.trajectories[d["row"]]
+            written = written + [d]
+            entries.append({"row": d["row"], "alpha": t.alpha, "prompt id": t.prompt_id, "prompt": t.prompt,
+                            "died at": d["death_t"], "after token": d["death_token"], "label": d["label"],
+                            "evidence": d["evidence"], "page": d["page"]})
+    order = sorted(range(len(written)), key=lambda i: written[i]["row"])
+    written, entries = [written[i] for i in order], [entries[i] for i in order]
     m = run.manifest
     header = {"run": str(run.path), "model": m.get("model") if not isinstance(m.get("model"), dict)
               else m["model"].get("name"), "method": m.get("method"), "layer": m.get("layer"),
               "c*": m.get("c_star"), "window": m.get("window"), "threshold": threshold_text(run, thr),
-              "radius": radius, "dead traces": len(results), "traces in run": len(run.trajectories)}
+              "radius": radius, "dead traces": len(written), "traces in run": len(run.trajectories)}
     idx = write_html(out / INSPECT_INDEX, index_page(entries, title=f"Dead traces of {run.path.name}",
                                                     header=header))
     js = atomic_write_json(out / DEATHS_JSON, {"run": str(run.path), "threshold": thr,
                                                  "run_threshold": run.threshold,
                                                  "rederived": is_rederived(run, thr), "radius": radius,
-                                                 "deaths": deaths})
-    cs = atomic_write_text(out / DEATHS_CSV, csv_text(deaths, CSV_COLUMNS))
+                                                 "deaths": written})
+    cs = atomic_write_text(out / DEATHS_CSV, csv_text(written, CSV_COLUMNS))
     return {"index": idx, "json": js, "csv": cs, "deaths": deaths, "pages": pages}

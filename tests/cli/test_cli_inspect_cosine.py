@@ -225,3 +225,21 @@ def test_cosine_errors_are_one_line(run_dir, reuse_model, tmp_path):
     bad = tmp_path / "cal.json"
     atomic_write_json(bad, {"target": 1.0})
     one_line_error(invoke("cosine", *vec, "--alpha", "1", "--calibration", bad), 1, "c_star")
+
+
+def test_inspect_keeps_one_index_per_run_across_alphas(run_dir, reuse_model, tmp_path):
+    """Inspecting alpha 0 and then alpha 1 into one folder: the index and deaths.json list both calls' traces
+    (at the same threshold and radius), not only the last call's."""
+    first = invoke("inspect", run_dir, "--threshold", "1.0", "--out", tmp_path, "--alpha", "0", "--radius", "1")
+    assert first.exit_code == 0, first.output
+    rows0 = [d["row"] for d in json.loads((tmp_path / "deaths.json").read_text())["deaths"]]
+    second = invoke("inspect", run_dir, "--threshold", "1.0", "--out", tmp_path, "--alpha", "1", "--radius", "1")
+    assert second.exit_code == 0, second.output
+    deaths = json.loads((tmp_path / "deaths.json").read_text())["deaths"]
+    rows = [d["row"] for d in deaths]
+    assert set(rows0) < set(rows) and rows == sorted(rows) and {d["alpha"] for d in deaths} == {0.0, 1.0}
+    index = (tmp_path / "index.html").read_text()
+    assert all(f'href="trace-r{r:04d}.html"' in index for r in rows)
+    other = invoke("inspect", run_dir, "--threshold", "1.0", "--out", tmp_path, "--alpha", "1", "--radius", "2")
+    assert other.exit_code == 0, other.output  # another radius: the earlier pages are not listed as this one's
+    assert {d["alpha"] for d in json.loads((tmp_path / "deaths.json").read_text())["deaths"]} == {1.0}
