@@ -205,10 +205,12 @@ def trace_page(
     varying = [j for j, k in enumerate(names)
                if len({round(float(x), 12) for x in metrics[k] if math.isfinite(float(x))}) > 1]
     constant = [f"{k} = {_fmt(float(metrics[k][0]))}" for j, k in enumerate(names) if j not in varying and len(tokens)]
-    if varying:
-        parts.append("<p><b>All metrics</b> <span class=\"muted\">(buttons switch the colouring)</span></p>\n")
+    if varying:  # the same strip again, so folded: open it to switch the colouring between metrics
+        parts.append("<details><summary><b>All metrics</b> <span class=\"muted\">(the same tokens; buttons switch "
+                     "the colouring)</span></summary>\n")
         parts.append(widget("tokens-multi", "ColoredTokensMulti", tokens=toks,
                             values=[[v[j] for j in varying] for v in values], labels=[names[j] for j in varying]))
+        parts.append("</details>\n")
     if constant:
         parts.append(f"<p class=\"muted\">Constant at every token: {html.escape('; '.join(constant))}.</p>\n")
     if rows:
