@@ -6,7 +6,6 @@ Heavy imports (torch, transformer_lens) happen inside the helpers, never at impo
 from __future__ import annotations
 
 import functools
-import sys
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -327,55 +326,12 @@ def concept_sets(model, concept: str) -> tuple[list[str], list[str]]:
         raise click.BadParameter(str(e), param_hint="--concept") from None
 
 
-class Progress:
-    """Progress of long work on stderr, one stage at a time (stage, rows done, total rows or None).
+def Progress(*args, **kwargs):
+    """`tl_isokl.progress.Progress`, imported when a command builds one (the library imports torch; `--help`
+    must not)."""
+    from tl_isokl.progress import Progress as _Progress
 
-    In a terminal: a tqdm bar per stage (rates from real increments, not from the row counter's jumps). Not in a
-    terminal (nohup, a batch scheduler, a CI log): one line per finished stage, "rollout α=0,1: 96/96 rows in
-    12.3 s", so a long sweep shows where it is without carriage-return noise. `enabled=False` (`--quiet`): nothing.
-    """
-
-    def __init__(self, enabled: bool = True, stream=None, tty: bool | None = None):
-        self.enabled = enabled
-        self.stream = stream if stream is not None else sys.stderr
-        self.tty = tty if tty is not None else bool(getattr(self.stream, "isatty", lambda: False)())
-        self.bar = None
-        self.stage = None
-        self.done = 0
-        self.total = None
-        self.t0 = 0.0
-        self.finished = None
-
-    def __call__(self, stage: str, done: int, total: int | None) -> None:
-        if not self.enabled or (stage == self.finished and total is not None and done >= total):
-            return  # a repeated final tick of a stage already reported
-        import time
-
-        if stage != self.stage:
-            self.close()
-            self.stage, self.total, self.t0 = stage, total, time.monotonic()
-            if self.tty:
-                from tqdm.auto import tqdm
-
-                self.bar = tqdm(total=total, desc=stage, unit="row", file=self.stream, leave=False)
-        if self.bar is not None:
-            self.bar.update(max(0, done - self.bar.n))
-        self.done = done
-        if total is not None and done >= total:
-            self.close()
-            self.finished = stage
-
-    def close(self):
-        import time
-
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-        if self.stage is not None and not self.tty and self.enabled and self.done:
-            of = f"/{self.total}" if self.total is not None else ""
-            print(f"{self.stage}: {self.done}{of} rows in {time.monotonic() - self.t0:.1f} s", file=self.stream,
-                  flush=True)
-        self.stage, self.done, self.total = None, 0, None
+    return _Progress(*args, **kwargs)
 
 
 def quiet_option(fn):

@@ -32,6 +32,7 @@ from tl_isokl.prompt_sets import default_concepts, default_prompts
 from tl_isokl.survival import kaplan_meier, km_curves, logrank, survival_table
 from tl_isokl.report import draw_figures, report_run, write_report
 from tl_isokl.compare import run_compare
+from tl_isokl.progress import Progress
 from tl_isokl.effect import concept_axis, lexicon_score
 
 __all__ = [
@@ -39,5 +40,5 @@ __all__ = [
     "rollout", "Rollout", "Sampling", "per_token_kl", "calibrate", "calibrate_nll_delta", "CalibrationResult", "ProbeSpec", "Probe",
     "AnswerProbe", "probe_spec", "probe", "sweep",
     "load_run", "default_prompts", "default_concepts", "km_curves", "kaplan_meier", "logrank", "survival_table",
-    "draw_figures", "write_report", "report_run", "run_compare", "concept_axis", "lexicon_score", "IsoKLError", "CalibrationError", "IsoKLWarning",
+    "draw_figures", "write_report", "report_run", "run_compare", "concept_axis", "lexicon_score", "Progress", "IsoKLError", "CalibrationError", "IsoKLWarning",
 ]
