@@ -194,11 +194,19 @@ def test_rows_stopping_at_eos_in_a_batch_equal_their_runs_alone(zoo):
         assert b.tokens == r.tokens[:n]  # stopping early changes nothing before the stop
 
 
-@pytest.mark.parametrize("positions", ["all", "generated"])
-def test_per_token_kl_equals_hf_logits(zoo, positions):
-    kls = per_token_kl(zoo.model, zoo.vec, zoo.rolls, batch_size=len(zoo.rolls), positions=positions)
+@pytest.mark.parametrize("positions,stored", [("all", False), ("generated", False), ("all", True),
+                                              ("generated", True)])
+def test_per_token_kl_equals_hf_logits(zoo, positions, stored):
+    """Both KL paths: two teacher-forced passes, and (stored) the steered side from the residuals the decode kept
+    (`rollout(return_final=True)`, what sweep and calibrate use) with one base pass; against the HF model."""
+    rolls = zoo.rolls
+    final = None
+    if stored:
+        rolls, final = rollout(zoo.model, zoo.vec, [r.prompt for r in zoo.rolls], [r.coeff for r in zoo.rolls],
+                               window=WINDOW, batch_size=len(zoo.rolls), positions=positions, return_final=True)
+    kls = per_token_kl(zoo.model, zoo.vec, rolls, batch_size=len(rolls), positions=positions, final=final)
     worst, refs = 0.0, []
-    for r, k in zip(zoo.rolls, kls):
+    for r, k in zip(rolls, kls):
         if r.coeff == 0:
             assert np.all(k == 0.0)
             continue
