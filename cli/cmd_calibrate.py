@@ -51,7 +51,9 @@ def calibration_target(target: float, stat: str, target_nll_delta: float | None)
         return target, stat
     refuse_unused([f for f, n in (("--target-kl", "target"), ("--stat", "stat")) if given(n)],
                   f"with --target-nll-delta {target_nll_delta:g} (it is its own statistic and target)")
-    return float(target_nll_delta), "nll_delta"
+    from tl_isokl.calibrate import NLL_DELTA
+
+    return float(target_nll_delta), NLL_DELTA
 
 
 @click.command("calibrate")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from tl_isokl.calibrate import NLL_DELTA  # the behavioural target's statistic name (not a KL pool)
 from tl_isokl.errors import IsoKLError, SettingsError
 
 Echo = Callable[[str], None]
@@ -158,9 +159,6 @@ def model_vector(model, s: ExperimentSettings, file_vec=None):
                       sources=(f"concept:{pos_name}", f"concept:{neg_name}"))
     vec.check_model(model)
     return vec
-
-
-NLL_DELTA = "nll_delta"  # the behavioural target: mean NLL increase of base text under steering (not a KL pool)
 
 
 def check_stat(stat: str) -> None:
