@@ -389,9 +389,9 @@ class RunDir:
             (self.path / CELLS, ["alpha=*.jsonl"]),
             (self.figures, list(FIGURES.values())),
             (self.inspect_dir, list(INSPECT_FILES)),
-            *[(d / FIGURES_DIR, list(FIGURES.values())) for d in self.rederived_dirs()],
-            *[(d / INSPECT_DIR, list(INSPECT_FILES)) for d in self.rederived_dirs()],
-            *[(d, [REPORT, REPORT_HTML]) for d in self.rederived_dirs()],  # after its subfolders: removed once empty
+            *[plan for d in self.rederived_dirs() for plan in (
+                (d / FIGURES_DIR, list(FIGURES.values())), (d / INSPECT_DIR, list(INSPECT_FILES)),
+                (d, [REPORT, REPORT_HTML]))],  # a folder after its subfolders: removed once empty
         ]
 
     def rederived_dirs(self) -> list[Path]:
