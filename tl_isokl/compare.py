@@ -354,31 +354,32 @@ def run_effects(run):
     """The concept effects of a run (`tl_isokl.effect.ConceptScores`) from the base model's mean projection stored
     with each trajectory (`Trajectory.concept`) and the axis the manifest records; None when the run has none
     (a sweep of a vector file, or a run made before the effect was measured)."""
-    from tl_isokl.effect import effect_summary
-
     axis = run.manifest.get("concept_axis")
     if not axis:
         return None
-    values = {a: {t.prompt_id: t.concept for t in ts if getattr(t, "concept", None) is not None}
-              for a, ts in run.by_alpha().items()}
+    return paired_effects(run, lambda t: getattr(t, "concept", None), scale=float(axis["separation"]))
+
+
+def paired_effects(run, value: Callable[[Any], float | None], scale: float = 1.0):
+    """`tl_isokl.effect.effect_summary` of one per-trajectory value (None = not measured), each paired with the
+    same prompt at alpha 0; None when alpha 0 has no values."""
+    from tl_isokl.effect import effect_summary
+
+    values = {a: {t.prompt_id: v for t in ts if (v := value(t)) is not None} for a, ts in run.by_alpha().items()}
     if not values.get(0.0):
         return None
-    return effect_summary(values, scale=float(axis["separation"]))
+    return effect_summary(values, scale=scale)
 
 
 def lexicon_effects(runs: dict[str, Any], pos_words: Sequence[str], neg_words: Sequence[str]) -> dict[str, Any]:
     """{spec name: ConceptScores} of the lexicon score (positive - negative words per 100 words of the generated
     text, `tl_isokl.effect.lexicon_score`), paired with the same prompt at alpha 0: model-free, so it needs
     nothing stored beyond the text."""
-    from tl_isokl.effect import effect_summary, lexicon_score
+    from tl_isokl.effect import lexicon_score
 
-    out = {}
-    for name, run in runs.items():
-        values = {a: {t.prompt_id: lexicon_score(t.text, pos_words, neg_words) for t in ts}
-                  for a, ts in run.by_alpha().items()}
-        if values.get(0.0):
-            out[name] = effect_summary(values, scale=1.0)
-    return out
+    out = {name: paired_effects(run, lambda t: lexicon_score(t.text, pos_words, neg_words))
+           for name, run in runs.items()}
+    return {name: e for name, e in out.items() if e is not None}
 
 
 def effects_of_runs(runs: dict[str, Any]) -> dict[str, Any] | None:
