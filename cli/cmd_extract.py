@@ -22,6 +22,10 @@ PROMPT_FILE = click.Path(dir_okay=False, path_type=Path, exists=True)
               help="Positive prompts: .txt (one per line, \\n escapes) or .jsonl ({\"prompt\": ...}). Needs --neg.")
 @click.option("--neg", "neg_path", type=PROMPT_FILE, default=None, metavar="FILE",
               help="Negative prompts, same formats. Needs --pos.")
+@click.option("--chat-template", default="auto", show_default=True, metavar="auto|none|FILE",
+              help="Framing of --pos/--neg prompts, as sweep frames its prompt files: auto = the tokenizer's chat "
+                   "template when it has one, none = as written, or a Jinja template file. The shipped --concept "
+                   "sets are already framed for the model.")
 @click.option("--concept", default="cheerful/gloomy", show_default=True, metavar="POS/NEG",
               help="Shipped contrastive sets when no files are given (test bed: cheerful, gloomy, animal, machine).")
 @click.option("--token", type=click.Choice(["last", "mean"]), default="last", show_default=True,
@@ -34,11 +38,13 @@ PROMPT_FILE = click.Path(dir_okay=False, path_type=Path, exists=True)
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, metavar="FILE",
               help="Where to write the vector (.safetensors).")
 @friendly_errors
-def command(model_name, dtype, device, revision, method, layer, pos_path, neg_path, concept, token, unit, gate, tau,
-            batch_size, out):
+def command(model_name, dtype, device, revision, method, layer, pos_path, neg_path, chat_template, concept, token,
+            unit, gate, tau, batch_size, out):
     """Extract a steering vector from contrastive prompts and save it.
 
-    Without --pos/--neg the model's shipped concept sets are used (--concept, default cheerful/gloomy).
+    Without --pos/--neg the model's shipped concept sets are used (--concept, default cheerful/gloomy). Prompt
+    files are framed by --chat-template (default: the model's chat template, as sweep frames its prompt files),
+    so the vector is read from the same kind of text the sweep steers.
     """
     if (pos_path is None) != (neg_path is None):
         raise click.UsageError("--pos and --neg go together: give both prompt files, or neither to use --concept")
@@ -46,6 +52,12 @@ def command(model_name, dtype, device, revision, method, layer, pos_path, neg_pa
         raise click.UsageError(f"--tau {tau} needs --gate soft|hard|sign")
     if pos_path is None:
         check_concept(concept)
+        if chat_template != "auto":
+            raise click.UsageError(f"--chat-template {chat_template} frames --pos/--neg files; the shipped --concept "
+                                   "sets are already framed for the model: drop --chat-template or pass --pos/--neg")
+    elif chat_template not in ("auto", "none") and not Path(chat_template).is_file():
+        raise click.BadParameter(f"{chat_template!r} is neither auto, none nor a template file",
+                                 param_hint="--chat-template")
 
     from tl_isokl.extract import extract
     from tl_isokl.prompts import read_prompts
@@ -70,13 +82,18 @@ def command(model_name, dtype, device, revision, method, layer, pos_path, neg_pa
     if pos_path is None:
         pos, neg = concept_sets(model, concept)
         pos_name, neg_name = check_concept(concept)
-        sources = (f"concept:{pos_name}", f"concept:{neg_name}")
+        sources, framing = (f"concept:{pos_name}", f"concept:{neg_name}"), "built-in set (framed for this model)"
+    else:
+        from tl_isokl.prompt_sets import frame_prompts
+
+        pos, framing = frame_prompts(model, pos, chat_template)
+        neg, _ = frame_prompts(model, neg, chat_template)
     vec = extract(model, pos, neg, method=method, layer=layer, token=token, unit=unit, gate=g,
-                  batch_size=batch_size, sources=sources)
+                  batch_size=batch_size, sources=sources, framing=framing)
     path = vec.save(out)
     gate_txt = f", gate {vec.gate.kind} tau={vec.gate.tau:g}" if vec.gate else ""
     click.echo(f"{vec.method} vector at layer {vec.layer} ({vec.hook_name}){gate_txt}, "
-               f"{len(pos)} pos / {len(neg)} neg prompts, token={token}")
+               f"{len(pos)} pos / {len(neg)} neg prompts, token={token}, framing: {framing}")
     click.echo(f"norm   {float(vec.direction.norm()):.6g}")
     click.echo(f"sha256 {vec.sha256}")
     click.echo(f"wrote  {path}")

@@ -79,11 +79,14 @@ def direction_from(pos: torch.Tensor, neg: torch.Tensor, method: str, *, unit: b
 
 def extract(model, pos: Sequence[str], neg: Sequence[str], *, method: str = "mean_diff",
             layer: int | None = None, token: str = "last", unit: bool = False, gate: Gate | None = None,
-            batch_size: int = 16, sources: tuple[str, str] | None = None) -> SteeringVector:
+            batch_size: int = 16, sources: tuple[str, str] | None = None,
+            framing: str | None = None) -> SteeringVector:
     """Extract a steering vector from contrastive prompt sets (pos - neg direction) at one layer.
 
-    `sources` names where the two sets came from (e.g. ("concept:cheerful", "concept:gloomy") or two file names);
-    it is recorded in the vector's metadata and is what run identities call the vector's concept.
+    The texts are read as given (frame them first, e.g. `prompt_sets.frame_prompts`, to extract from what a chat
+    model sees). `sources` names where the two sets came from (e.g. ("concept:cheerful", "concept:gloomy") or two
+    file names); it is recorded in the vector's metadata and is what run identities call the vector's concept.
+    `framing`, recorded too, says how the texts were framed.
     """
     parse_method(method)  # an unknown method fails before any forward
     layer = default_layer(model) if layer is None else int(layer)
@@ -95,6 +98,8 @@ def extract(model, pos: Sequence[str], neg: Sequence[str], *, method: str = "mea
             "package_version": _version()}
     if sources is not None:
         meta["pos_source"], meta["neg_source"] = str(sources[0]), str(sources[1])
+    if framing is not None:
+        meta["framing"] = str(framing)
     return SteeringVector(direction=direction_from(acts_p, acts_n, method, unit=unit), layer=layer,
                           method=method, gate=gate, meta=meta)
 

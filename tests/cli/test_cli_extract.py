@@ -35,7 +35,7 @@ def reuse_model(model, monkeypatch):
 def test_help_lists_the_options():
     r = run("--help")
     assert r.exit_code == 0
-    for opt in ("--method", "--layer", "--pos", "--neg", "--concept", "--token", "--unit", "--gate", "--tau", "-o"):
+    for opt in ("--method", "--layer", "--pos", "--neg", "--chat-template", "--concept", "--token", "--unit", "--gate", "--tau", "-o"):
         assert opt in r.output
 
 
@@ -76,6 +76,44 @@ def test_prompt_files_method_layer_gate_unit(tmp_path, reuse_model):
     ref = extract(reuse_model, pos, neg, method="pca", layer=1, token="mean", unit=True)  # the files decoded right
     torch.testing.assert_close(v.direction, ref.direction, rtol=1e-5, atol=1e-5)
     assert v.meta["pos_source"].endswith("pos.txt")
+
+
+def test_prompt_files_are_framed_like_the_sweeps(tmp_path, reuse_model):
+    """--chat-template frames --pos/--neg as sweep frames its prompt files: the vector equals one extracted from the
+    hand-framed texts (written out here, not produced by our framing code), and the framing is recorded."""
+    from tl_isokl.extract import extract
+
+    (tmp_path / "chat.jinja").write_text("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}"
+                                         "{% if add_generation_prompt %}<|assistant|><think>{% endif %}")
+    (tmp_path / "pos.txt").write_text("Is a cat lovely?\nCan a robin sing?\n")
+    (tmp_path / "neg.txt").write_text("Is a cat dreary?\nCan a robin weep?\n")
+    out = tmp_path / "v.safetensors"
+    r = run("--pos", tmp_path / "pos.txt", "--neg", tmp_path / "neg.txt", "--chat-template", tmp_path / "chat.jinja",
+            "--token", "mean", "-o", out)
+    assert r.exit_code == 0, r.output
+    v = SteeringVector.load(out)
+    by_hand = ["<|user|>Is a cat lovely?<|assistant|><think>", "<|user|>Can a robin sing?<|assistant|><think>"], \
+        ["<|user|>Is a cat dreary?<|assistant|><think>", "<|user|>Can a robin weep?<|assistant|><think>"]
+    ref = extract(reuse_model, *by_hand, token="mean")
+    torch.testing.assert_close(v.direction, ref.direction, rtol=1e-5, atol=1e-5)
+    assert "chat.jinja" in v.meta["framing"] and "chat template file" in r.stdout.splitlines()[0]
+    raw = extract(reuse_model, ["Is a cat lovely?", "Can a robin sing?"], ["Is a cat dreary?", "Can a robin weep?"],
+                  token="mean")
+    assert not torch.allclose(v.direction, raw.direction, atol=1e-4)  # framing changed what was read
+
+    r = run("--pos", tmp_path / "pos.txt", "--neg", tmp_path / "neg.txt", "--chat-template", "none", "--token", "mean",
+            "-o", out)
+    assert r.exit_code == 0, r.output
+    torch.testing.assert_close(SteeringVector.load(out).direction, raw.direction, rtol=1e-5, atol=1e-5)
+
+
+def test_chat_template_without_files_or_missing_is_one_line(tmp_path):
+    one_line_error(run("--chat-template", "none", "-o", tmp_path / "v.safetensors"), 2,
+                   "--chat-template none", "--concept sets are already framed")
+    (tmp_path / "pos.txt").write_text("x\n")
+    (tmp_path / "neg.txt").write_text("y\n")
+    one_line_error(run("--pos", tmp_path / "pos.txt", "--neg", tmp_path / "neg.txt", "--chat-template",
+                       tmp_path / "nope.jinja", "-o", tmp_path / "v.safetensors"), 2, "--chat-template", "nope.jinja")
 
 
 @pytest.mark.parametrize("method, unit", [("pca+ablate", True), ("random", False)])
