@@ -324,6 +324,86 @@ def test_a_raw_torch_hook_on_a_hook_point_still_fires(model):
     assert seen
 
 
+# ---- bare layers -------------------------------------------------------------------------------------------------
+BARE = {"gpt2": False, "granite": False, "cohere": False, "cohere2": False}  # every other family: every block
+
+
+def test_bare_layers_where_every_component_hands_through(pair):
+    """Families whose blocks hold only block / linear / norm / MLP / native-attention bridges get a bare layer per
+    block; GPT-2 (joint QKV, bridge attention) and the families with other components keep the bridge's path. The
+    zoo's HF-parity tests above (logits, steering hook vs a plain torch hook on the HF layer) run through it."""
+    family, bridge, _ = pair
+    assert [("_tl_isokl_bare" in b.__dict__) for b in bridge.blocks] == [BARE.get(family, True)] * len(bridge.blocks)
+
+
+def _inner_points_called(m, monkeypatch, hooks=()):
+    from transformer_lens.hook_points import HookPoint
+
+    called = []
+    fwd = HookPoint.forward
+    monkeypatch.setattr(HookPoint, "forward", lambda self, x: (called.append(self.name), fwd(self, x))[1])
+    out = logits_of(m, hooks)
+    monkeypatch.setattr(HookPoint, "forward", fwd)
+    return out, {n for n in called if n.startswith("blocks.0.") and n != "blocks.0.hook_out"}
+
+
+def test_bare_layer_is_bit_exact_and_resid_post_hook_still_edits(model, monkeypatch):
+    """With only hook_resid_post hooked (what steering attaches), every block runs bare (no inner hook point is
+    entered) and the logits equal the bridge's own path bit for bit, with and without the edit."""
+    def steer(x, hook):
+        return x + 0.5
+
+    hooks = [("blocks.2.hook_resid_post", steer)]
+    bare = {b: b.__dict__["_tl_isokl_bare"] for b in model.blocks}
+    fast, inner = _inner_points_called(model, monkeypatch)
+    fast_steered, inner_steered = _inner_points_called(model, monkeypatch, hooks)
+    assert not inner and not inner_steered
+    try:
+        for b in model.blocks:
+            del b.__dict__["_tl_isokl_bare"]
+        slow, inner = _inner_points_called(model, monkeypatch)
+        slow_steered = logits_of(model, hooks)
+        assert inner  # the bridge's path enters them
+    finally:
+        for b, layer in bare.items():
+            object.__setattr__(b, "_tl_isokl_bare", layer)
+    assert torch.equal(fast, slow) and torch.equal(fast_steered, slow_steered)
+    assert float((fast_steered - fast).abs().max()) > 1e-3
+
+
+def test_anything_else_attached_sends_the_block_back_through_the_bridge(model, monkeypatch):
+    """An inner HookPoint's hook, a torch hook on a component, or the bridge's own attention: the block takes
+    TransformerLens's path again (its inner hook points run) and the hook fires."""
+    fired = []
+    _, inner = _inner_points_called(model, monkeypatch, [("blocks.0.attn.hook_in", lambda x, hook: fired.append(1))])
+    assert inner and fired
+    h = model.blocks[0].mlp.register_forward_hook(lambda mod, args, out: fired.append(2))
+    try:
+        _, inner = _inner_points_called(model, monkeypatch)
+    finally:
+        h.remove()
+    assert inner and fired[-1] == 2
+    _, inner = _inner_points_called(model, monkeypatch)
+    assert not inner  # removed: bare again
+
+
+def test_bare_layers_follow_the_attention_mode_and_the_hooked_path(plain, monkeypatch):
+    ref = logits_of(plain)
+    try:
+        A.use_fast_path(plain)  # bridge attention: bare layers are built but not used
+        assert all("_tl_isokl_bare" in b.__dict__ for b in plain.blocks)
+        out, inner = _inner_points_called(plain, monkeypatch)
+        assert inner and torch.equal(out, ref)
+        A.use_native_attention(plain)
+        out, inner = _inner_points_called(plain, monkeypatch)
+        assert not inner and float((out - ref).abs().max()) < TOL
+    finally:
+        A.use_bridge_attention(plain)
+        A.use_hooked_path(plain)
+    assert not any("_tl_isokl_bare" in b.__dict__ for b in plain.blocks)
+    assert torch.equal(logits_of(plain), ref)
+
+
 # ---- native attention -------------------------------------------------------------------------------------------
 def test_native_attention_switches_both_ways(plain):
     ref = logits_of(plain)
