@@ -4,10 +4,13 @@ A command parses its flags into `ExperimentSettings` and calls `run_calibration_
 `run_sweep_experiment`; the library does the rest, in this order, so every caller behaves the same:
 
 1. everything that needs no model: the vector file, prompt files, an explicit calibration, the folder
-   (`runpolicy.open_run`: writable, undamaged, made with these settings);
-2. the model, the vector (from the file, the folder being resumed, or extracted from the concept sets);
-3. the calibration (explicit, found in the folder, or made now) and, for a sweep, the alpha cells, tables,
-   figures and report.
+   (`runpolicy.open_run`: writable, undamaged, made with these settings) -- `sweep_inputs`;
+2. the model, the vector (from the file, the folder being resumed, or extracted from the concept sets), the
+   calibration (explicit, found in the folder, or made now) -- `prepare_sweep`, a `SweepPlan`;
+3. for a sweep, the alpha cells (`SweepPlan.run`), then tables, figures and report (`finish_sweep`).
+
+A grid's cells (`tl_isokl.grid`) run the same steps piecewise: the calibrate cell prepares, each sweep cell
+prepares (finding the calibration) and runs its alphas, the merge finishes.
 
 Progress and messages go through `echo` / `warn` callbacks (the CLI prints them; Python callers may ignore them).
 """
@@ -354,21 +357,24 @@ def _explicit_fix(s: ExperimentSettings) -> str:
     return "pass a calibration made for this vector and model, or drop --calibration to calibrate here"
 
 
-def run_sweep_experiment(s: ExperimentSettings, *, echo: Echo = _quiet, warn: Echo = _quiet,
-                         on_round: Callable | None = None, cal_progress: Callable | None = None,
-                         progress: Callable | None = None, before_cells: Callable[[], None] | None = None,
-                         model=None, preflight: dict | None = None):
-    """`tl-isokl sweep`: calibrate unless a calibration is given or found, sweep alpha, write tables, figures and
-    the report; returns the loaded `Run`. Rerunning with the same settings resumes. `model`: an already loaded
-    model for `s.model` (compare runs many specs on one load); loaded here when None. `preflight`: the preflight
-    result of an earlier run on the same model, held-out prompts and probe (compare's later specs), not rerun."""
-    from tl_isokl.files import atomic_write_json, read_json
-    from tl_isokl.identity import (FIX_RUN, calibration_identity, check_calibration, check_converged,
-                                   heldout_transfer, transfer_message)
+@dataclass
+class SweepInputs:
+    """What a sweep's settings hold before any model loads, read and checked (`sweep_inputs`)."""
+
+    alphas: tuple[float, ...]
+    probe: Any  # ProbeSpec
+    file_vec: Any  # the --vector file's SteeringVector, or None (extracted)
+    calibration: dict[str, Any] | None  # an explicit --calibration file, or None
+    out: Path
+    state: Any  # runpolicy.OpenRun of `out`
+
+
+def sweep_inputs(s: ExperimentSettings) -> SweepInputs:
+    """Step 1 of a sweep, no model needed: flags, files, an explicit calibration, the run folder (named like
+    `tl-isokl sweep`'s default when `s.out` is None). Every error here comes before minutes of model loading."""
     from tl_isokl.prompts import read_prompts
-    from tl_isokl.runpolicy import (choose_calibration, default_run_path, model_spec, open_run, resolve_vector,
-                                    start_fresh)
-    from tl_isokl.sweep import format_summary, parse_alphas, summary_rows, sweep
+    from tl_isokl.runpolicy import default_run_path, model_spec, open_run
+    from tl_isokl.sweep import parse_alphas
 
     alphas = parse_alphas(s.alphas)
     check_stat(s.stat)
@@ -394,6 +400,52 @@ def run_sweep_experiment(s: ExperimentSettings, *, echo: Echo = _quiet, warn: Ec
                                     file_vec.layer if file_vec else s.layer, s.window,
                                     sweep_request(s, spec, file_vec, ext_cal))
     state = open_run(out, fresh=s.fresh, explicit_calibration=ext_cal is not None)
+    return SweepInputs(alphas, probe, file_vec, ext_cal, Path(out), state)
+
+
+@dataclass
+class SweepPlan:
+    """A sweep ready to run: the model, vector, calibration and held-out prompts, and the exact keyword arguments
+    `sweep.sweep` gets. One preparation for every caller (the command, a grid's cells, Python), so a cell that
+    runs part of a sweep sweeps exactly what the whole sweep would."""
+
+    settings: ExperimentSettings
+    model: Any
+    vector: Any  # SteeringVector (the run folder's own when resuming)
+    calibration: dict[str, Any]
+    prompts: list[str]  # held-out, framed
+    out: Path
+    preflight: dict[str, Any]
+    kwargs: dict[str, Any]  # sweep.sweep's keywords: prompt_ids, answers, alphas, window, ..., manifest_extra
+
+    @property
+    def prompt_ids(self) -> list[str]:
+        return list(self.kwargs["prompt_ids"])
+
+    @property
+    def calibration_neg(self) -> dict[str, Any] | None:
+        return self.kwargs.get("calibration_neg")
+
+    def run(self, progress: Callable | None = None, **overrides: Any):
+        """`sweep.sweep` with the prepared arguments (`overrides` replace some, e.g. decode_batch_size); the Run."""
+        from tl_isokl.sweep import sweep
+
+        return sweep(self.model, self.vector, self.calibration, self.prompts, self.out, progress=progress,
+                     **{**self.kwargs, **overrides})
+
+
+def prepare_sweep(s: ExperimentSettings, *, echo: Echo = _quiet, on_round: Callable | None = None,
+                  cal_progress: Callable | None = None, model=None, preflight: dict | None = None) -> SweepPlan:
+    """Steps 1 and 2 of a sweep: checks, the model, the vector, the prompts, the preflight and the calibration
+    (explicit, found in the folder, or made now: the only step that may take minutes), without sweeping.
+    `model`: an already loaded model for `s.model`; `preflight`: the result of an earlier preflight on the same
+    model, held-out prompts and probe (not rerun)."""
+    from tl_isokl.files import atomic_write_json, read_json
+    from tl_isokl.identity import FIX_RUN, calibration_identity, check_calibration, check_converged
+    from tl_isokl.runpolicy import choose_calibration, resolve_vector, start_fresh
+
+    inp = sweep_inputs(s)
+    file_vec, ext_cal, out, state, probe = inp.file_vec, inp.calibration, inp.out, inp.state, inp.probe
     rd = state.rd
 
     model = load(s, echo) if model is None else model
@@ -435,33 +487,62 @@ def run_sweep_experiment(s: ExperimentSettings, *, echo: Echo = _quiet, warn: Ec
             cal_neg = calibrate_verbose(model, neg, cids, cprompts, s, echo=echo, on_round=on_round,
                                         progress=cal_progress)
             check_converged(cal_neg, allow=s.allow_unconverged, source="the calibration of -v")
-    echo(f"sweeping {len(alphas)} alphas x {len(prompts)} held-out prompts, window {s.window} -> {out}")
-    if before_cells is not None:
-        before_cells()
     from tl_isokl.prompt_sets import prompt_answers
 
     answers = prompt_answers(model, s.heldout_prompts, "heldout")
     readout = concept_readout(model, s, vec) if file_vec is None else None
-    run = sweep(model, vec, cal, prompts, out, prompt_ids=ids, answers=answers, alphas=alphas, window=s.window,
-                threshold=s.threshold, spec=probe, schedule=s.schedule, positions=s.positions,
-                batch_size=s.batch_size, sampling=s.sampling(), samples_per_prompt=s.samples_per_prompt,
-                calibration_neg=cal_neg, readout=readout,
-                seed=s.seed, progress=progress, allow_unconverged=s.allow_unconverged,
-                allow_other_model=s.allow_other_model,
-                manifest_extra={"calibration_source": str(Path(s.calibration_path).resolve()) if s.calibration_path
-                                else "calibrated in this run directory", "preflight": pre,
-                                "framing": {"calibration": cframing, "heldout": hframing}, **s.extra})
+    kwargs = dict(prompt_ids=ids, answers=answers, alphas=inp.alphas, window=s.window, threshold=s.threshold,
+                  spec=probe, schedule=s.schedule, positions=s.positions, batch_size=s.batch_size,
+                  sampling=s.sampling(), samples_per_prompt=s.samples_per_prompt, calibration_neg=cal_neg,
+                  readout=readout, seed=s.seed, allow_unconverged=s.allow_unconverged,
+                  allow_other_model=s.allow_other_model,
+                  manifest_extra={"calibration_source": str(Path(s.calibration_path).resolve())
+                                  if s.calibration_path else "calibrated in this run directory", "preflight": pre,
+                                  "framing": {"calibration": cframing, "heldout": hframing}, **s.extra})
+    return SweepPlan(settings=s, model=model, vector=vec, calibration=cal, prompts=prompts, out=out, preflight=pre,
+                     kwargs=kwargs)
+
+
+def tell_sweep(run, calibration: Mapping[str, Any], *, echo: Echo = _quiet, warn: Echo = _quiet) -> None:
+    """The summary table and the warnings a reader of a finished sweep must see."""
+    from tl_isokl.identity import heldout_transfer, transfer_message
+    from tl_isokl.sweep import format_summary, summary_rows
+
     echo(format_summary(summary_rows(run)))
-    if cal.get("converged") is False:
+    if calibration.get("converged") is False:
         warn("the calibration did not converge; used because of --allow-unconverged (recorded in the manifest and "
              "the report)")
     check = heldout_transfer(run)
     if check is not None and check["off"]:
         warn(transfer_message(check))
-    if s.figures:
+
+
+def finish_sweep(plan: SweepPlan, run, *, echo: Echo = _quiet, warn: Echo = _quiet) -> None:
+    """Step 3 after the cells: `tell_sweep`, then figures and report."""
+    tell_sweep(run, plan.calibration, echo=echo, warn=warn)
+    if plan.settings.figures:
         from tl_isokl.report import draw_figures, write_report
 
-        for p in draw_figures(out):
+        for p in draw_figures(plan.out):
             echo(f"figure {p}")
-        echo(f"report {write_report(out)}")
+        echo(f"report {write_report(plan.out)}")
+
+
+def run_sweep_experiment(s: ExperimentSettings, *, echo: Echo = _quiet, warn: Echo = _quiet,
+                         on_round: Callable | None = None, cal_progress: Callable | None = None,
+                         progress: Callable | None = None, before_cells: Callable[[], None] | None = None,
+                         model=None, preflight: dict | None = None):
+    """`tl-isokl sweep`: `prepare_sweep` (calibrate unless a calibration is given or found), sweep alpha, then
+    `finish_sweep` (tables, figures, report); returns the loaded `Run`. Rerunning with the same settings resumes.
+    `model`: an already loaded model for `s.model` (compare runs many specs on one load); loaded here when None.
+    `preflight`: the preflight result of an earlier run on the same model, held-out prompts and probe (compare's
+    later specs), not rerun."""
+    plan = prepare_sweep(s, echo=echo, on_round=on_round, cal_progress=cal_progress, model=model,
+                         preflight=preflight)
+    echo(f"sweeping {len(plan.kwargs['alphas'])} alphas x {len(plan.prompts)} held-out prompts, window {s.window} "
+         f"-> {plan.out}")
+    if before_cells is not None:
+        before_cells()
+    run = plan.run(progress)
+    finish_sweep(plan, run, echo=echo, warn=warn)
     return run

@@ -7,13 +7,16 @@ ordinary sweep experiment, a run directory ``DIR/<name>`` named like `tl-isokl s
 Each experiment is split into **cells**, each identified by a hash of everything that changes its result (the
 experiment's `sweep_request` plus the cell's kind and alphas) and each written atomically into the run directory:
 
-* ``calibrate``: preflight on the held-out prompts, c* (calibration.json, vector.safetensors, a calibrate
-  manifest), and the experiment's plan: the fixed partition of its alphas into decode groups
-  (`sweep.alpha_groups`, exactly the groups `tl-isokl sweep` would decode together).
-* ``sweep``: one alpha group, i.e. `run_sweep_experiment` restricted to those alphas: its cells/alpha=<a>.jsonl
-  files, byte-identical to an ordinary sweep's (same batch composition, same calibration, same vector).
-* ``merge``: `run_sweep_experiment` over all alphas once every alpha file exists: it recomputes nothing, and writes
-  the manifest (all alphas), summary.csv, forks.csv, figures and report, as a resumed `tl-isokl sweep` would.
+* ``calibrate``: the sweep's preparation (`experiment.prepare_sweep`: preflight on the held-out prompts, the
+  vector, c*), whose vector and calibration it leaves in the run directory (calibration.json, vector.safetensors),
+  and the experiment's plan: the fixed partition of its alphas into decode groups (`sweep.alpha_groups`, exactly
+  the groups `tl-isokl sweep` would decode together) and the preflight result.
+* ``sweep``: one alpha group: the same preparation (finding that calibration) restricted to those alphas, then
+  `SweepPlan.run`: its cells/alpha=<a>.jsonl files, byte-identical to an ordinary sweep's (same batch
+  composition, same calibration, same vector).
+* ``merge``: the same over all alphas once every alpha file exists: it recomputes nothing, and writes the manifest
+  (all alphas), summary.csv, forks.csv, figures and report (`experiment.finish_sweep`), as a resumed
+  `tl-isokl sweep` would.
 
 With ``shards = N`` in GRID.toml each alpha group is N cells, each a contiguous block of the held-out rows
 (``DIR/.grid/<name>/shards/alpha=<a>.shard-<k>-of-<N>.jsonl``); the merge first concatenates them, in order, into
@@ -28,10 +31,10 @@ while they run: a second driver waits for the first, then finds the files and sk
 locks, the merge marker) lives in ``DIR/.grid/``, never in the run directories; ``DIR/grid.json`` lists the
 experiments for `status`.
 
-Engines: ``local`` runs the cells in this process in dependency order (calibrate, its sweep cells, merge), one
-progress line per finished cell; ``ray`` submits every cell as a Ray task (`ray.init()` locally or `address=` for a
-cluster), with num_cpus / num_gpus per cell and retries; each worker keeps the loaded model per model spec across
-cells (`cached_model`).
+Engines: ``local`` runs the cells in this process in dependency order (calibrate, its sweep cells,
+merge), one progress line per finished cell; ``ray`` submits every cell as a Ray task (`ray.init()` locally or
+`address=` for a cluster), with num_cpus / num_gpus per cell and retries; each worker keeps the loaded model per
+model spec across cells (`cached_model`).
 """
 
 from __future__ import annotations
@@ -330,14 +333,27 @@ def read_plan(state_dir: Path) -> dict[str, Any] | None:
     return read_json(p, kind=dict) if p.is_file() else None
 
 
+def plan_fits(cell: Cell, plan: Mapping[str, Any] | None) -> bool:
+    """Whether a stored plan was made for this experiment and these alphas (a sweep resumed with more alphas, or
+    a folder reused with other settings after a local --fresh, needs a new one)."""
+    from tl_isokl.sweep import parse_alphas
+
+    return (plan is not None and plan.get("id") == replace(cell, kind="calibrate", alphas=(), shard=None).id
+            and plan.get("alphas") == list(parse_alphas(cell.settings.alphas)))
+
+
 def sweep_cells(cell: Cell) -> list[Cell]:
     """The sweep cells of an experiment whose calibrate cell is done (its plan fixes the alpha groups)."""
     plan = read_plan(cell.state_dir)
     if plan is None:
         raise IsoKLError(f"{cell.state_dir / PLAN} is missing; the calibrate cell of {cell.name} must run first")
     n = int(plan.get("shards", 1))
-    return [Cell("sweep", cell.name, cell.root, cell.settings, tuple(float(a) for a in g), shard=(k, n) if n > 1
-                 else None) for g in plan["groups"] for k in range(n)]
+    return [replace(cell, kind="sweep", alphas=tuple(float(a) for a in g), shard=(k, n) if n > 1 else None)
+            for g in plan["groups"] for k in range(n)]
+
+
+def merge_cell(cell: Cell) -> Cell:
+    return replace(cell, kind="merge", alphas=(), shard=None)
 
 
 def shard_path(cell: Cell, alpha: float, k: int, n: int) -> Path:
@@ -353,7 +369,7 @@ def cell_done(cell: Cell) -> bool:
 
     rd = RunDir(cell.run_dir)
     if cell.kind == "calibrate":
-        return rd.calibration_path.is_file() and (cell.state_dir / PLAN).is_file()
+        return rd.calibration_path.is_file() and plan_fits(cell, read_plan(cell.state_dir))
     if cell.kind == "sweep":
         if all(rd.has_cell(a) for a in cell.alphas):
             return True
@@ -408,13 +424,17 @@ def compute_cell(cell: Cell, model) -> dict[str, Any]:
     if cell.kind == "sweep" and cell.shard is not None:
         return _sweep_shard(cell, model)
     if cell.kind == "sweep":
-        run = _sweep(cell, model, replace(cell.settings, alphas=cell.alphas, figures=False))
+        plan, rows = _prepared(cell, model, replace(cell.settings, alphas=cell.alphas, figures=False))
+        run = plan.run(decode_batch_size=rows)
         return {"rows": sum(t.alpha in cell.alphas for t in run.trajectories)}
     if cell.kind == "merge":
-        _gather_shards(cell)
-        run = _sweep(cell, model, cell.settings)
+        from tl_isokl.experiment import finish_sweep
         from tl_isokl.files import atomic_write_json
 
+        _gather_shards(cell)
+        plan, rows = _prepared(cell, model, cell.settings)
+        run = plan.run(decode_batch_size=rows)  # every cell exists: nothing is decoded, tables are written
+        finish_sweep(plan, run)
         atomic_write_json(cell.state_dir / MERGED, {"id": cell.id, "alphas": list(cell.settings.alphas)})
         return {"rows": len(run.trajectories)}
     raise IsoKLError(f"unknown cell kind {cell.kind!r}")
@@ -446,98 +466,45 @@ def record_failure(cell: Cell, error: BaseException | str) -> None:
 
 
 def _calibrate(cell: Cell, model) -> dict[str, Any]:
-    """`run_calibration_experiment` on a loaded model, plus what a sweep checks first (the preflight on the held-out
-    prompts, recorded for the sweep cells) and the plan of alpha groups."""
-    from tl_isokl.experiment import (calibrate_verbose, check_stat, model_vector, prompt_set, run_preflight)
+    """`prepare_sweep` of the whole experiment (preflight, vector, calibration: found, explicit or made now),
+    then what its sweep cells read back: the vector and calibration(s) in the run directory, written as a sweep
+    would (only where missing), and the plan in the bookkeeping folder: the alpha groups, rows per decode batch,
+    shards and the preflight result."""
+    from tl_isokl.experiment import prepare_sweep
     from tl_isokl.files import atomic_write_json
-    from tl_isokl.identity import calibration_identity
-    from tl_isokl.rundir import Manifest
-    from tl_isokl.runpolicy import check_calibration_target, check_recalibration, open_run
+    from tl_isokl.rundir import RunDir
     from tl_isokl.sweep import alpha_groups, default_decode_rows
 
     s = cell.settings
-    if s.two_sided:
-        raise GridError("two_sided is not supported in a grid yet; run `tl-isokl sweep --two-sided` per experiment")
-    check_stat(s.stat)
-    probe = s.probe()
-    state = open_run(cell.run_dir, load_vector=True)
-    check_calibration_target(state)
-    vec = model_vector(model, s, None)
-    if state.vector is not None:
-        from tl_isokl.runpolicy import resolve_vector
-
-        vec = resolve_vector(state, vec, extracted=True)
-    cids, cprompts, cframing = prompt_set(model, s.calibration_prompts, "calibration", s.chat_template)
-    ids, prompts, hframing = prompt_set(model, s.heldout_prompts, "heldout", s.chat_template)
+    prep = prepare_sweep(s, model=model)
+    rd = RunDir(cell.run_dir)
+    if not rd.vector_path.is_file():
+        prep.vector.save(rd.vector_path)
+    if not rd.calibration_path.is_file():
+        atomic_write_json(rd.calibration_path, prep.calibration)
+    if prep.calibration_neg is not None and not rd.calibration_neg_path.is_file():
+        atomic_write_json(rd.calibration_neg_path, prep.calibration_neg)
     plan = read_plan(cell.state_dir)
-    if plan is None:  # fixed once: a resumed or retried grid decodes the same groups
+    if not plan_fits(cell, plan):  # then fixed: a resumed or retried run decodes the same groups
         rows = default_decode_rows(model, s.window)
-        n = len(prompts) * int(s.samples_per_prompt)
+        n = len(prep.prompts) * int(s.samples_per_prompt)
         shards = max(1, min(int(cell.shards), n))
         per_shard = -(-n // shards)  # rows of the largest shard: groups fill the decode batch with shard rows
-        plan = {"rows": rows, "n_rows_per_alpha": n, "alphas": list(s.alphas), "shards": shards,
-                "groups": [list(g) for g in alpha_groups(s.alphas, per_shard, rows)]}
-    pre = run_preflight(model, prompts, probe, s)
-    wanted = calibration_identity(model, vec, cprompts, stat=s.stat, target=s.target, tol=s.tol, window=s.window,
-                                  positions=s.positions, c_min=s.c_min, c_max=s.c_max,
-                                  sampling=s.sampling().to_dict() if s.temperature > 0 else None)
-    check_recalibration(state, wanted)
-    if state.calibration is None:
-        cal = calibrate_verbose(model, vec, cids, cprompts, s)
-        vec.save(cell.run_dir / "vector.safetensors")
-        atomic_write_json(state.rd.calibration_path, cal)
-        state.rd.record(Manifest.of(
-            "calibrate", model, vec, wanted["prompts_sha256"], len(cprompts), window=s.window, seed=s.seed,
-            positions=s.positions, target=s.target, stat=s.stat, tol=s.tol, c_min=s.c_min, c_max=s.c_max,
-            identity=wanted, calibration_converged=cal["converged"], probe=probe.to_dict(), preflight=pre,
-            framing=cframing, grid={"dir": str(cell.root.resolve()), "experiment": cell.name}))
-    else:
-        cal = state.calibration
+        plan = {"id": cell.id, "rows": rows, "n_rows_per_alpha": n, "alphas": list(prep.kwargs["alphas"]),
+                "shards": shards, "groups": [list(g) for g in alpha_groups(prep.kwargs["alphas"], per_shard, rows)]}
+    plan["preflight"] = prep.preflight
     atomic_write_json(cell.state_dir / PLAN, plan)
-    return {"c_star": cal["c_star"], "groups": plan["groups"], "preflight": pre}
+    return {"c_star": prep.calibration["c_star"], "groups": plan["groups"], "preflight": prep.preflight}
 
 
-def _sweep(cell: Cell, model, s):
-    """`run_sweep_experiment` on a loaded model: the calibration is found in the run directory, the preflight
-    result recorded by the calibrate cell is reused where the library takes it."""
-    import inspect
+def _prepared(cell: Cell, model, s):
+    """`prepare_sweep` for a sweep or merge cell: the calibration is the one the calibrate cell left in the run
+    directory and the preflight is its recorded result (not rerun). Returns (plan, rows per decode batch)."""
+    from tl_isokl.experiment import prepare_sweep
 
-    from tl_isokl.experiment import run_sweep_experiment
-    from tl_isokl.rundir import RunDir
-
-    s = replace(s, extra={**s.extra, "grid": {"dir": str(cell.root.resolve()), "experiment": cell.name}})
-    kw: dict[str, Any] = {}
-    rd = RunDir(cell.run_dir)
-    if "preflight" in inspect.signature(run_sweep_experiment).parameters and rd.manifest_path.is_file():
-        pre = rd.read_manifest().get("preflight")
-        if pre:
-            kw["preflight"] = pre
-    return run_sweep_experiment(s, model=model, **kw)
-
-
-class _Captured(BaseException):
-    """Raised by the stand-in for `sweep.sweep` once it has the arguments `run_sweep_experiment` prepared."""
-
-
-@contextlib.contextmanager
-def _captured_sweep() -> Iterator[dict[str, Any]]:
-    """While active, `tl_isokl.sweep.sweep` records its arguments and stops: a shard cell gets exactly what an
-    ordinary sweep would be given (vector, calibration, prompts, ids, answers, readout, probe) without repeating
-    `run_sweep_experiment`'s preparation. Only under `_COMPUTE` (one cell at a time per process)."""
-    import importlib
-
-    sw = importlib.import_module("tl_isokl.sweep")  # the module (the package exports a function of that name)
-    real, box = sw.sweep, {}
-
-    def stand_in(*args, **kwargs):
-        box["args"], box["kwargs"] = args, kwargs
-        raise _Captured()
-
-    sw.sweep = stand_in
-    try:
-        yield box
-    finally:
-        sw.sweep = real
+    stored = read_plan(cell.state_dir) or {}
+    plan = prepare_sweep(s, model=model, preflight=stored.get("preflight") or None)
+    return plan, stored.get("rows")
 
 
 def _sweep_shard(cell: Cell, model) -> dict[str, Any]:
@@ -550,33 +517,24 @@ def _sweep_shard(cell: Cell, model) -> dict[str, Any]:
     from tl_isokl.probe import AnswerProbe
     from tl_isokl.sweep import SweepConfig, rollout_group, run_cell
 
-    with _captured_sweep() as box:
-        try:
-            _sweep(cell, model, replace(cell.settings, alphas=cell.alphas, figures=False))
-        except _Captured:
-            pass
-    if "args" not in box:
-        raise IsoKLError(f"{cell.label}: the sweep did not start (nothing to shard)")
-    _, vector, calibration, prompts, _ = box["args"]
-    kw = box["kwargs"]
-    cal = CalibrationResult.from_dict(calibration) if isinstance(calibration, Mapping) else calibration
-    prompts, pids = list(prompts), list(kw["prompt_ids"])
-    spp = int(kw.get("samples_per_prompt", 1))
+    plan, rows = _prepared(cell, model, replace(cell.settings, alphas=cell.alphas, figures=False))
+    kw = plan.kwargs
+    cal = CalibrationResult.from_dict(plan.calibration)
+    prompts, pids = list(plan.prompts), plan.prompt_ids
+    spp = int(kw["samples_per_prompt"])
     if spp > 1:  # as `sweep` expands them: rows "<id>#<k>"
         prompts = [p for p in prompts for _ in range(spp)]
         pids = [f"{i}#{j}" for i in pids for j in range(spp)]
-    neg = kw.get("calibration_neg")
-    c_neg = None if neg is None else (neg["c_star"] if isinstance(neg, Mapping) else neg.c_star)
+    neg = plan.calibration_neg
     k, n = cell.shard
     lo, hi = k * len(prompts) // n, (k + 1) * len(prompts) // n
     cfg = SweepConfig(c_star=cal.c_star, window=int(kw["window"]), threshold=float(kw["threshold"]),
                       probe=AnswerProbe(kw["spec"], kw["schedule"]), positions=kw["positions"], prompts=prompts[lo:hi],
-                      prompt_ids=pids[lo:hi], sampling=kw["sampling"], c_star_neg=c_neg, readout=kw.get("readout"))
-    plan = read_plan(cell.state_dir) or {}
-    rows = int(plan.get("rows") or 128)
-    rolled = rollout_group(model, vector, cell.alphas, cfg, decode_batch_size=rows)
+                      prompt_ids=pids[lo:hi], sampling=kw["sampling"],
+                      c_star_neg=None if neg is None else neg["c_star"], readout=kw["readout"])
+    rolled = rollout_group(model, plan.vector, cell.alphas, cfg, decode_batch_size=int(rows or 128))
     for a in cell.alphas:
-        trajs = run_cell(model, vector, a, cfg, rolled[a], batch_size=int(kw.get("batch_size", 32)))
+        trajs = run_cell(model, plan.vector, a, cfg, rolled[a], batch_size=int(kw["batch_size"]))
         atomic_write_jsonl(shard_path(cell, a, k, n), [t.to_dict(cfg.threshold) for t in trajs])
     return {"rows": (hi - lo) * len(cell.alphas)}
 
@@ -629,7 +587,8 @@ def prepare(grid: Grid, out: str | Path) -> list[Cell]:
     index = read_json(index_path, kind=dict) if index_path.is_file() else {"experiments": {}}
     cells = []
     for e in grid.experiments:
-        e.settings = replace(e.settings, out=out / e.name)
+        e.settings = replace(e.settings, out=out / e.name, extra={**e.settings.extra, "grid": {
+            "dir": str(out), "experiment": e.name}})  # recorded in the run's manifest
         index["experiments"][e.name] = {"axes": e.axes, "alphas": list(grid.alphas)}
         cells.append(Cell("calibrate", e.name, out, e.settings, shards=grid.shards))
     index["grid"] = str(grid.path.resolve()) if grid.path else None
@@ -711,7 +670,7 @@ def _run_local(cells: list[Cell], echo: Echo) -> GridResult:
             _note(res, cal, execute_cell(cal), echo)
             for cell in sweep_cells(cal):
                 _note(res, cell, execute_cell(cell), echo)
-            cell = Cell("merge", cal.name, cal.root, cal.settings)
+            cell = merge_cell(cal)
             _note(res, cell, execute_cell(cell), echo)
             res.done.append(cal.name)
         except Exception as e:  # noqa: BLE001 - recorded per experiment; the grid goes on with the others
@@ -770,7 +729,7 @@ def _run_ray(cells: list[Cell], echo: Echo, *, address: str | None, gpus: float,
         elif cell.kind == "sweep":
             groups_left[cell.name] -= 1
             if groups_left[cell.name] == 0:
-                submit(Cell("merge", cell.name, cell.root, cell.settings))
+                submit(merge_cell(cell))
         else:
             res.done.append(cell.name)
     return res
