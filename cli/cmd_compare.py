@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from tl_isokl_cli.common import (Progress, check_concept, model_options, positions_option, probe_options,
-                                 quiet_option, talker, unescape)
+from tl_isokl_cli.common import (Progress, check_concept, engine_from, engine_options, model_options,
+                                 positions_option, probe_options, quiet_option, talker, unescape)
 from tl_isokl_cli.main import friendly_errors
 
 
@@ -57,23 +57,26 @@ def _check_stats(ctx, param, value):
 @click.option("--effect-words", nargs=2, type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               metavar="POS NEG", help="Word lists (one word a line, # comments): adds the lexicon effect, positive "
                                       "minus negative words per 100 generated words, relative to alpha 0.")
+@engine_options
 @quiet_option
 @friendly_errors
 def command(specs, no_null, model_name, dtype, device, revision, layer, concept, positions, window, alphas,
             threshold, target, stats, tol, prompts_path, cal_prompts_path, batch_size, seed, out, fresh, probe_preset,
             probe_file, probe_prefill, probe_true, probe_false, probe_think_close, skip_preflight, chat_template,
-            no_figures, effect_words, quiet):
+            no_figures, effect_words, engine, address, gpus_per_cell, cpus_per_cell, retries, quiet):
     """Give every spec the same KL budget (each calibrated to --target-kl of --stat on the same prompts), sweep
     them on the same held-out prompts, and tabulate what the budget bought: held-out KL, survival, median death,
     the concept effect, log-rank p against the null and mean_diff. Writes OUT/compare.md and OUT/compare.csv.
 
     Each spec is a run directory OUT/SPEC (OUT/STAT/SPEC with several --stat). Rerunning resumes: a finished spec
     costs nothing, a new --spec or alpha is added; other shared settings are refused (another --out, or --fresh).
-    Flags, spec names, files and --out are checked before the model loads."""
+    Flags, spec names, files and --out are checked before the model loads. --engine ray runs each spec (the null
+    too) as grid cells on Ray tasks, then writes the same tables."""
     from tl_isokl.compare import COMPARE_MD, run_compare, specs_with_null
     from tl_isokl.experiment import ExperimentSettings
     from tl_isokl.sweep import parse_alphas
 
+    how = engine_from(engine, address, gpus_per_cell, cpus_per_cell, retries)
     parse_alphas(alphas)
     check_concept(concept)
     parsed = specs_with_null(specs or ("mean_diff", "pca", "directional_ablation"), null=not no_null)
@@ -92,6 +95,7 @@ def command(specs, no_null, model_name, dtype, device, revision, layer, concept,
 
         words = (read_word_list(effect_words[0]), read_word_list(effect_words[1]))  # bad lists fail before loading
     res = run_compare(settings, parsed, out, stats=stats, null=not no_null, echo=talker(quiet),
-                      warn=lambda m: click.echo(f"Warning: {m}", err=True), progress=prog, effect_words=words)
+                      warn=lambda m: click.echo(f"Warning: {m}", err=True), progress=prog, effect_words=words,
+                      engine=how)
     prog.close()
     click.echo(f"compare: {Path(out) / COMPARE_MD} ({len(res['rows'])} rows, {len(res['figures'])} figures)")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from tl_isokl_cli.common import engine_from, engine_options
 from tl_isokl_cli.main import friendly_errors
 
 
@@ -14,16 +15,7 @@ from tl_isokl_cli.main import friendly_errors
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Grid folder: one ordinary run directory per experiment (DIR/sweep-<model>-<spec>-L<layer>-"
                    "w<window>-<hash>), bookkeeping in DIR/.grid/. Rerun to resume.")
-@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="local: cells in this process, in dependency order; ray: Ray tasks (pip install 'tl-isokl[ray]').")
-@click.option("--address", default=None, metavar="ADDR",
-              help="Ray cluster to join (e.g. auto, or ray://head:10001); default: start a local Ray.")
-@click.option("--gpus-per-cell", type=click.FloatRange(min=0), default=0, show_default=True,
-              help="GPUs each Ray task reserves (1 = one cell per GPU).")
-@click.option("--cpus-per-cell", type=click.FloatRange(min=0, min_open=True), default=1, show_default=True,
-              help="CPUs each Ray task reserves (also its torch threads).")
-@click.option("--retries", type=click.IntRange(min=0), default=3, show_default=True,
-              help="Ray: times a task is retried when its worker dies (preemption, out of memory).")
+@engine_options
 @click.option("--status", "status_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               metavar="DIR", help="Print done / pending / failed per experiment of grid folder DIR, run nothing.")
 @friendly_errors
@@ -45,21 +37,12 @@ def command(grid_file, out, engine, address, gpus_per_cell, cpus_per_cell, retri
         raise click.UsageError("give GRID.toml (and --out DIR), or --status DIR")
     if out is None:
         raise click.UsageError(f"--out DIR is required: where the experiments of {grid_file} are written")
-    if address is not None and engine != "ray":
-        raise click.UsageError(f"--address {address} is for --engine ray; add --engine ray or drop --address")
-    if engine == "local" and (gpus_per_cell or cpus_per_cell != 1):
-        raise click.UsageError("--gpus-per-cell/--cpus-per-cell reserve Ray resources; add --engine ray or drop "
-                               "them")
+    how = engine_from(engine, address, gpus_per_cell, cpus_per_cell, retries)
     grid = G.parse_grid(grid_file)
-    if engine == "ray":
-        try:
-            import ray  # noqa: F401
-        except ImportError:
-            raise click.ClickException('--engine ray needs Ray: pip install "tl-isokl[ray]"') from None
     click.echo(f"grid {grid_file}: {len(grid.experiments)} experiment(s) x {len(grid.alphas)} alphas -> {out} "
                f"(engine {engine})")
-    res = G.run_grid(grid, out, engine=engine, address=address, gpus_per_cell=gpus_per_cell,
-                     cpus_per_cell=cpus_per_cell, retries=retries, echo=click.echo)
+    res = G.run_grid(grid, out, engine=how.name, address=how.address, gpus_per_cell=how.gpus_per_cell,
+                     cpus_per_cell=how.cpus_per_cell, retries=how.retries, echo=click.echo)
     click.echo(f"grid: {len(res.done)} done, {len(res.failed)} failed; {res.computed} cell(s) computed, "
                f"{res.skipped} already done, {res.seconds:.1f} s")
     if res.failed:

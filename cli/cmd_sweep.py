@@ -7,9 +7,9 @@ from pathlib import Path
 import click
 
 from tl_isokl_cli.cmd_calibrate import calibration_options, calibration_target, check_bounds, round_printer
-from tl_isokl_cli.common import (Progress, allow_other_model_option, early_vector, fresh_option, given,
-                                 model_options, positions_option, probe_options, quiet_option, refuse_unused,
-                                 sampling_options, talker, unescape, vector_options)
+from tl_isokl_cli.common import (Progress, allow_other_model_option, early_vector, engine_from, engine_options,
+                                 fresh_option, given, model_options, positions_option, probe_options, quiet_option,
+                                 refuse_unused, sampling_options, talker, unescape, vector_options)
 from tl_isokl_cli.main import friendly_errors
 
 
@@ -50,6 +50,7 @@ from tl_isokl_cli.main import friendly_errors
 @probe_options
 @sampling_options
 @click.option("--no-figures", is_flag=True, help="Skip drawing figures and report.md at the end.")
+@engine_options
 @quiet_option
 @friendly_errors
 def command(model_name, dtype, device, revision, vector_path, method, layer, concept, gate, tau,
@@ -58,18 +59,21 @@ def command(model_name, dtype, device, revision, vector_path, method, layer, con
             c_min, c_max,
             batch_size, seed, out, fresh, two_sided, allow_unconverged, allow_other_model, probe_preset, probe_file,
             probe_prefill, probe_true, probe_false, probe_think_close, skip_preflight, chat_template, temperature,
-            top_p, samples_per_prompt, no_figures, quiet):
+            top_p, samples_per_prompt, no_figures, engine, address, gpus_per_cell, cpus_per_cell, retries, quiet):
     """Calibrate (unless --calibration is given), sweep alpha on held-out prompts, write the run directory.
 
     Rerunning the same command resumes. A run directory (or --calibration file) made with other settings is
     refused with one line naming each differing field; --fresh deletes the folder's tl-isokl files first.
     Everything that needs no model (flags, files, a writable --out) is checked before the model loads.
+    --engine ray runs the same sweep as a grid of one experiment (calibrate cell, alpha-group cells, merge) on Ray
+    tasks, into the same run directory.
     """
     from tl_isokl.experiment import ExperimentSettings, run_sweep_experiment
     from tl_isokl.probe import fork_points
     from tl_isokl.sweep import parse_alphas
 
     # ---- flags: contradictions and values a library call cannot see (which flags were given)
+    how = engine_from(engine, address, gpus_per_cell, cpus_per_cell, retries)
     alpha_list = parse_alphas(alphas)
     check_bounds(c_min, c_max)
     target, stat = calibration_target(target, stat, target_nll_delta)
@@ -113,6 +117,6 @@ def command(model_name, dtype, device, revision, vector_path, method, layer, con
 
     run = run_sweep_experiment(settings, echo=talker(quiet), warn=lambda m: click.echo(f"Warning: {m}", err=True),
                                on_round=None if quiet else round_printer(stat, target, tol), cal_progress=cal_tick, progress=prog,
-                               before_cells=cal_prog.close)
+                               before_cells=cal_prog.close, engine=how)
     prog.close()
     click.echo(f"run directory: {run.path}")

@@ -343,3 +343,41 @@ def quiet_option(fn):
 def talker(quiet: bool):
     """click.echo, or nothing under --quiet (for the library's echo= callbacks)."""
     return (lambda _m: None) if quiet else click.echo
+
+
+def engine_options(fn):
+    """--engine, --address, --gpus-per-cell, --cpus-per-cell, --retries: where cells run (tl_isokl.grid.Engine),
+    for `grid`, `sweep` and `compare` alike; `engine_from` checks them and builds the Engine."""
+    fn = click.option("--retries", type=click.IntRange(min=0), default=3, show_default=True,
+                      help="Ray: times a task is retried when its worker dies (preemption, out of memory).")(fn)
+    fn = click.option("--cpus-per-cell", type=click.FloatRange(min=0, min_open=True), default=1, show_default=True,
+                      help="CPUs each Ray task reserves (also its torch threads).")(fn)
+    fn = click.option("--gpus-per-cell", type=click.FloatRange(min=0), default=0, show_default=True,
+                      help="GPUs each Ray task reserves (1 = one cell per GPU).")(fn)
+    fn = click.option("--address", default=None, metavar="ADDR",
+                      help="Ray cluster to join (e.g. auto, or ray://head:10001); default: start a local Ray.")(fn)
+    fn = click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                      help="local: in this process; ray: as idempotent cells (calibrate, alpha groups, merge) on "
+                           "Ray tasks (pip install 'tl-isokl[ray]').")(fn)
+    return fn
+
+
+def engine_from(engine: str, address, gpus_per_cell, cpus_per_cell, retries):
+    """The Engine of `engine_options`; Ray-only options without --engine ray, and --engine ray without Ray
+    installed, are one-line errors naming the value and the fix."""
+    if engine != "ray":
+        ray_only = [f"{flag} {value}" for flag, name, value in (
+            ("--address", "address", address), ("--gpus-per-cell", "gpus_per_cell", f"{gpus_per_cell:g}"),
+            ("--cpus-per-cell", "cpus_per_cell", f"{cpus_per_cell:g}"), ("--retries", "retries", retries))
+            if given(name)]
+        if ray_only:
+            raise click.UsageError(f"{', '.join(ray_only)} {'is' if len(ray_only) == 1 else 'are'} for --engine ray; "
+                                   f"add --engine ray or drop {'it' if len(ray_only) == 1 else 'them'}")
+    else:
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise click.ClickException('--engine ray needs Ray: pip install "tl-isokl[ray]"') from None
+    from tl_isokl.grid import Engine
+
+    return Engine(engine, address, gpus_per_cell, cpus_per_cell, retries)

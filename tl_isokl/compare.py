@@ -141,14 +141,15 @@ def spec_dir(out: str | Path, spec: Spec, stat: str, n_stats: int) -> Path:
 def run_compare(settings, specs: Sequence[str | Spec], out: str | Path, *, stats: Sequence[str] = ("p95",),
                 null: bool = True, echo: Callable[[str], None] = lambda _: None,
                 warn: Callable[[str], None] | None = None, model=None, progress: Callable | None = None,
-                effect_words: tuple[Sequence[str], Sequence[str]] | None = None) -> dict[str, Any]:
+                effect_words: tuple[Sequence[str], Sequence[str]] | None = None, engine=None) -> dict[str, Any]:
     """Calibrate and sweep every spec (x every calibration statistic) on one model load, then tabulate.
 
     `settings` is an `ExperimentSettings` holding everything the specs share (model, layer, window, alphas, prompt
     sets, target, probe, ...); its method/gate/stat/out are replaced per spec. Everything that needs no model is
     checked first (`check_compare`). With `settings.fresh` every spec directory starts over and compare's own
-    files are deleted; otherwise each spec resumes (a spec whose cells exist costs no calibration). Returns
-    `write_compare`'s result.
+    files are deleted; otherwise each spec resumes (a spec whose cells exist costs no calibration). `engine`: a
+    `tl_isokl.grid.Engine` (or "ray") other than local runs every spec (the null too) as an experiment of grid cells, no
+    model loaded here; the tables are then written the same way. Returns `write_compare`'s result.
     """
     from tl_isokl.experiment import load, run_sweep_experiment
     from tl_isokl.files import atomic_write_json
@@ -159,7 +160,12 @@ def run_compare(settings, specs: Sequence[str | Spec], out: str | Path, *, stats
     request = check_compare(settings, parsed, out, stats)
     for d in other_spec_dirs(out, parsed, stats):
         echo(f"note: {d} is a spec run of an earlier comparison, not in this one (left as it is)")
-    model = load(settings, echo) if model is None else model
+    if engine is not None:
+        from tl_isokl.grid import Engine
+
+        engine = Engine.of(engine)
+    on_cells = engine is not None and engine.name != "local"
+    model = load(settings, echo) if model is None and not on_cells else model
     preflight = None
     if settings.fresh:
         for p in compare_files(out):
@@ -167,12 +173,18 @@ def run_compare(settings, specs: Sequence[str | Spec], out: str | Path, *, stats
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / COMPARE_JSON, {"specs": [s.name for s in parsed], "stats": stats, "request": request,
                                            "rows": []})
-    for stat in stats:
-        for spec in parsed:
-            d = spec_dir(out, spec, stat, len(stats))
-            echo(f"== {spec.name} (target {settings.target:g} nats of {stat} KL) -> {d}")
-            s = replace(settings, method=spec.method, gate=spec.gate, tau=spec.tau, stat=stat, out=d,
-                        extra={**settings.extra, "compare": {"dir": str(out.resolve()), "spec": spec.name}})
+    each = [(spec, stat, replace(settings, method=spec.method, gate=spec.gate, tau=spec.tau, stat=stat,
+                                 out=spec_dir(out, spec, stat, len(stats)),
+                                 extra={**settings.extra, "compare": {"dir": str(out.resolve()), "spec": spec.name}}))
+            for stat in stats for spec in parsed]
+    if on_cells:
+        from tl_isokl.grid import run_experiments
+
+        echo(f"{len(each)} spec run(s) as cells (engine {engine.name}) -> {out}")
+        run_experiments([s for _, _, s in each], engine, root=out, echo=echo)
+    else:
+        for spec, stat, s in each:
+            echo(f"== {spec.name} (target {settings.target:g} nats of {stat} KL) -> {s.out}")
             run = run_sweep_experiment(s, echo=echo, warn=warn or echo, model=model, progress=progress,
                                        preflight=preflight)
             preflight = run.manifest.get("preflight") or None  # same model, prompts and probe for every spec

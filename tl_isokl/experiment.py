@@ -531,12 +531,18 @@ def finish_sweep(plan: SweepPlan, run, *, echo: Echo = _quiet, warn: Echo = _qui
 def run_sweep_experiment(s: ExperimentSettings, *, echo: Echo = _quiet, warn: Echo = _quiet,
                          on_round: Callable | None = None, cal_progress: Callable | None = None,
                          progress: Callable | None = None, before_cells: Callable[[], None] | None = None,
-                         model=None, preflight: dict | None = None):
+                         model=None, preflight: dict | None = None, engine=None):
     """`tl-isokl sweep`: `prepare_sweep` (calibrate unless a calibration is given or found), sweep alpha, then
     `finish_sweep` (tables, figures, report); returns the loaded `Run`. Rerunning with the same settings resumes.
     `model`: an already loaded model for `s.model` (compare runs many specs on one load); loaded here when None.
     `preflight`: the preflight result of an earlier run on the same model, held-out prompts and probe (compare's
-    later specs), not rerun."""
+    later specs), not rerun. `engine`: a `tl_isokl.grid.Engine` (or "ray") other than local runs the same sweep as
+    cells (`grid.run_sweep`: calibrate, alpha groups, merge) into the same run directory."""
+    if engine is not None:
+        from tl_isokl.grid import Engine, run_sweep
+
+        if Engine.of(engine).name != "local":
+            return run_sweep(s, Engine.of(engine), echo=echo, warn=warn)
     plan = prepare_sweep(s, echo=echo, on_round=on_round, cal_progress=cal_progress, model=model,
                          preflight=preflight)
     echo(f"sweeping {len(plan.kwargs['alphas'])} alphas x {len(plan.prompts)} held-out prompts, window {s.window} "

@@ -31,10 +31,14 @@ while they run: a second driver waits for the first, then finds the files and sk
 locks, the merge marker) lives in ``DIR/.grid/``, never in the run directories; ``DIR/grid.json`` lists the
 experiments for `status`.
 
-Engines: ``local`` runs the cells in this process in dependency order (calibrate, its sweep cells,
+Engines (`Engine`): ``local`` runs the cells in this process in dependency order (calibrate, its sweep cells,
 merge), one progress line per finished cell; ``ray`` submits every cell as a Ray task (`ray.init()` locally or
 `address=` for a cluster), with num_cpus / num_gpus per cell and retries; each worker keeps the loaded model per
 model spec across cells (`cached_model`).
+
+`tl-isokl sweep --engine ray` is a grid of one experiment (`run_sweep`; its bookkeeping in RUN/.grid/, nothing
+beside the run directory) and `tl-isokl compare --engine ray` one experiment per spec (`run_experiments`; in
+OUT/.grid/), each then finished as the command finishes it (the summary; compare's tables).
 """
 
 from __future__ import annotations
@@ -295,6 +299,7 @@ class Cell:
     alphas: tuple[float, ...] = ()
     shard: tuple[int, int] | None = None  # (k, n): the k-th of n contiguous blocks of the held-out rows
     shards: int = 1  # the calibrate cell: shards to plan (the plan, once written, decides)
+    state: Path | None = None  # bookkeeping folder; default root/.grid/name (`tl-isokl sweep`: RUN/.grid)
 
     @property
     def run_dir(self) -> Path:
@@ -302,7 +307,7 @@ class Cell:
 
     @property
     def state_dir(self) -> Path:
-        return self.root / STATE_DIR / self.name
+        return self.state if self.state is not None else self.root / STATE_DIR / self.name
 
     @property
     def id(self) -> str:
@@ -596,25 +601,56 @@ def prepare(grid: Grid, out: str | Path) -> list[Cell]:
     return cells
 
 
-def run_grid(grid: Grid, out: str | Path, *, engine: str = "local", address: str | None = None,
-             gpus_per_cell: float = 0, cpus_per_cell: float = 1, retries: int = 3, echo: Echo = lambda _: None,
-             ray_task: Callable[[Cell, int], dict] | None = None) -> GridResult:
-    """Run (or resume) every cell of `grid` under `out` with `engine` ("local" or "ray").
+ENGINES = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class Engine:
+    """Where cells run: "local" (this process, in dependency order) or "ray" (tasks; `address` of a cluster or
+    None for a local Ray, resources per cell, and retries of a task whose worker died). The same options for
+    `tl-isokl grid`, `sweep` and `compare`."""
+
+    name: str = "local"
+    address: str | None = None
+    gpus_per_cell: float = 0
+    cpus_per_cell: float = 1
+    retries: int = 3
+
+    def __post_init__(self):
+        if self.name not in ENGINES:
+            raise GridError(f"engine {self.name!r} is unknown; use {' or '.join(ENGINES)}")
+
+    @classmethod
+    def of(cls, engine: "Engine | str | None") -> "Engine":
+        """An Engine from what a Python caller passes: an Engine, a name ("ray"), or None (local)."""
+        return engine if isinstance(engine, Engine) else cls(engine or "local")
+
+
+def run_cells(cells: Sequence[Cell], engine: Engine = Engine(), *, echo: Echo = lambda _: None,
+              ray_task: Callable[[Cell, int], dict] | None = None) -> GridResult:
+    """Run (or resume) calibrate cells and the cells they lead to (sweep cells from the plan, then the merge).
 
     Ray: each cell is a task reserving `cpus_per_cell` CPUs (also its torch threads) and `gpus_per_cell` GPUs,
     retried up to `retries` times when its worker dies (a cell that raises is recorded as failed, not retried:
-    rerun the grid after fixing it). `ray_task`: the function a task runs (default `_ray_cell`; tests use it to
-    kill a worker)."""
-    if engine not in ("local", "ray"):
-        raise GridError(f"engine {engine!r} is unknown; use local or ray")
-    cells = prepare(grid, out)
+    rerun after fixing it). `ray_task`: the function a task runs (default `_ray_cell`; tests use it to kill a
+    worker)."""
     t0 = time.time()
-    if engine == "local":
-        res = _run_local(cells, echo)
+    if engine.name == "local":
+        res = _run_local(list(cells), echo)
     else:
-        res = _run_ray(cells, echo, address=address, gpus=gpus_per_cell, cpus=cpus_per_cell, retries=retries,
-                       fn=ray_task or _ray_cell)
+        res = _run_ray(list(cells), echo, address=engine.address, gpus=engine.gpus_per_cell,
+                       cpus=engine.cpus_per_cell, retries=engine.retries, fn=ray_task or _ray_cell)
     res.seconds = round(time.time() - t0, 2)
+    return res
+
+
+def run_grid(grid: Grid, out: str | Path, *, engine: str = "local", address: str | None = None,
+             gpus_per_cell: float = 0, cpus_per_cell: float = 1, retries: int = 3, echo: Echo = lambda _: None,
+             ray_task: Callable[[Cell, int], dict] | None = None) -> GridResult:
+    """Run (or resume) every cell of `grid` under `out` with `engine` ("local" or "ray"; see `run_cells`), then
+    DIR/grid.csv."""
+    how = Engine(engine, address, gpus_per_cell, cpus_per_cell, retries)
+    res = run_cells(prepare(grid, out), how, echo=echo, ray_task=ray_task)
     if res.done:
         write_table(out)
     return res
@@ -733,6 +769,94 @@ def _run_ray(cells: list[Cell], echo: Echo, *, address: str | None, gpus: float,
         else:
             res.done.append(cell.name)
     return res
+
+
+# ------------------------------------------------------------------------------------------------ sweep, compare
+
+
+def _absolute(s):
+    """The settings with every path absolute: a Ray worker need not share the driver's working directory (on a
+    cluster the files must be where every node mounts them)."""
+    from tl_isokl.vector_formats import VectorSource
+
+    def ab(p):
+        if p is None:
+            return None
+        if isinstance(p, VectorSource):
+            return replace(p, path=ab(p.path))
+        return Path(p).expanduser().resolve()
+
+    kw = {k: ab(getattr(s, k)) for k in ("out", "heldout_prompts", "calibration_prompts", "probe_file",
+                                         "vector_path", "calibration_path")}
+    if s.model is not None and Path(str(s.model)).expanduser().exists():  # a local model folder
+        kw["model"] = str(Path(str(s.model)).expanduser().resolve())
+    if s.chat_template not in ("auto", "none") and Path(s.chat_template).expanduser().is_file():
+        kw["chat_template"] = str(Path(s.chat_template).expanduser().resolve())
+    return replace(s, **kw)
+
+
+def experiment_cells(settings: Sequence[Any], engine: Engine, *, root: str | Path | None = None,
+                     echo: Echo = lambda _: None) -> list[Cell]:
+    """The calibrate cells of ordinary sweep experiments (ExperimentSettings; `tl-isokl sweep`: one, `compare`:
+    one per spec), each checked first as the sweep checks it before loading a model (`sweep_inputs`; the default
+    folder is the sweep's). --fresh is applied here, once, by the driver; the cells themselves only resume.
+    `root`: the folder holding the run directories, bookkeeping in root/.grid/ (compare); None: each run
+    directory keeps its own in RUN/.grid/ (sweep), so nothing is written beside it."""
+    import shutil
+
+    from tl_isokl.experiment import sweep_inputs
+    from tl_isokl.identity import clear_run
+
+    cells = []
+    for s in settings:
+        inp = sweep_inputs(s)
+        s = replace(_absolute(replace(s, out=inp.out)), alphas=inp.alphas, fresh=False, vector=inp.file_vec,
+                    extra={**s.extra, "engine": Engine.of(engine).name})  # the manifest records the engine
+        out = Path(s.out)
+        if root is None:
+            cell = Cell("calibrate", out.name, out.parent, s, state=out / STATE_DIR)
+        else:
+            base = Path(root).resolve()
+            cell = Cell("calibrate", out.relative_to(base).as_posix(), base, s)
+        if inp.state.fresh:
+            removed = clear_run(out)
+            shutil.rmtree(cell.state_dir, ignore_errors=True)
+            if removed:
+                echo(f"--fresh: removed {len(removed)} tl-isokl file(s) from {out}")
+        cells.append(cell)
+    return cells
+
+
+def run_experiments(settings: Sequence[Any], engine: Engine | str, *, root: str | Path | None = None,
+                    echo: Echo = lambda _: None, ray_task: Callable[[Cell, int], dict] | None = None) -> list[Path]:
+    """Sweep experiments as cells on `engine` (`experiment_cells`, `run_cells`); their run directories.
+    IsoKLError naming the first failed cell (the others' finished cells are kept: rerunning resumes)."""
+    engine = Engine.of(engine)
+    cells = experiment_cells(settings, engine, root=root, echo=echo)
+    res = run_cells(cells, engine, echo=echo, ray_task=ray_task)
+    if res.failed:
+        name, err = next(iter(res.failed.items()))
+        some = f"{len(res.failed)} of {len(cells)} experiments failed, e.g. " if len(cells) > 1 else ""
+        kind, _, msg = err.partition(": ")
+        raise IsoKLError(f"{some}{name}: its {kind} cell failed: {msg}; fix it and rerun the same command (finished "
+                         f"cells are kept)")
+    return [c.run_dir for c in cells]
+
+
+def run_sweep(s, engine: Engine | str, *, echo: Echo = lambda _: None, warn: Echo = lambda _: None,
+              ray_task: Callable[[Cell, int], dict] | None = None):
+    """`tl-isokl sweep --engine ray`: the sweep as a grid of one experiment (calibrate cell, alpha-group cells,
+    merge: figures and report included) into the run directory the sweep would write; then the sweep's summary
+    and warnings. Returns the loaded Run."""
+    from tl_isokl.experiment import tell_sweep
+    from tl_isokl.rundir import RunDir, load_run
+
+    (path,) = run_experiments([s], engine, echo=echo, ray_task=ray_task)
+    run = load_run(path)
+    tell_sweep(run, run.calibration or {}, echo=echo, warn=warn)
+    if s.figures:
+        echo(f"report {RunDir(path).report_path}")
+    return run
 
 
 # ------------------------------------------------------------------------------------------------ status

@@ -183,6 +183,49 @@ def test_prompt_shards_merge_into_the_sweep_cells(reference, grid_file, session_
     assert G.run_grid(g, tmp_path).computed == 0
 
 
+def test_sweep_as_cells_takes_a_vector_file_and_two_sided(grid_file, session_model, vec, tmp_path):
+    """`sweep --engine` runs what the sweep would: the --vector file (not a vector extracted here) and, two-sided,
+    -v's own calibration; the cells' files equal the ordinary sweep's (the local engine of cells, no Ray)."""
+    from tl_isokl.experiment import ExperimentSettings, run_sweep_experiment
+
+    (-vec).save(tmp_path / "v.safetensors")  # not the vector the cells would extract (cheerful - gloomy)
+    s = ExperimentSettings(vector_path=tmp_path / "v.safetensors", window=8, alphas=(-2.0, 0.0, 2.0), two_sided=True,
+                           heldout_prompts=grid_file.parent / "held.txt", batch_size=8, figures=False,
+                           calibration_prompts=grid_file.parent / "cal.txt", out=tmp_path / "plain")
+    run_sweep_experiment(s, model=session_model)
+    run = G.run_sweep(replace(s, out=tmp_path / "cells"), G.Engine("local"))
+    assert run.manifest["engine"] == "local" and run.manifest["alphas"] == [-2.0, 0.0, 2.0]
+    for f in ("cells/alpha=-2.jsonl", "cells/alpha=0.jsonl", "cells/alpha=2.jsonl", "vector.safetensors",
+              "summary.csv", "forks.csv"):
+        assert filecmp.cmp(tmp_path / "plain" / f, tmp_path / "cells" / f, shallow=False), f
+    for f in ("calibration.json", "calibration_neg.json"):
+        a, b = (json.loads((tmp_path / d / f).read_text()) for d in ("plain", "cells"))
+        a.pop("seconds"), b.pop("seconds")
+        assert a == b, f
+    assert (tmp_path / "cells" / ".grid" / "plan.json").is_file() and not (tmp_path / ".grid").exists()
+
+
+def test_a_failed_sweep_cell_is_one_error_and_resumes(grid_file, session_model, tmp_path, monkeypatch):
+    from tl_isokl.errors import IsoKLError
+
+    s = G.parse_grid(grid_file).experiments[0].settings
+    real = G.compute_cell
+
+    def flaky(cell, model):
+        if cell.kind == "sweep":
+            raise RuntimeError("disk full (simulated)")
+        return real(cell, model)
+
+    monkeypatch.setattr(G, "compute_cell", flaky)
+    with pytest.raises(IsoKLError, match=r"^run: its sweep cell failed: disk full \(simulated\); fix it and rerun"):
+        G.run_sweep(replace(s, out=tmp_path / "run"), "local")
+    calls = []
+    monkeypatch.setattr(G, "compute_cell", lambda cell, model: calls.append(cell.kind) or real(cell, model))
+    run = G.run_sweep(replace(s, out=tmp_path / "run"), G.Engine.of("local"))
+    assert calls == ["sweep", "merge"]  # the calibration is kept
+    assert run.manifest["alphas"] == [0.0, 2.0] and not (tmp_path / "run" / ".grid" / "failed.json").exists()
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'tl-isokl[ray]')")
