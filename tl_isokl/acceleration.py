@@ -459,6 +459,33 @@ def growing_cache(capacity: int | None = None):
     return cache
 
 
+def cache_rows(cache, rows: torch.Tensor, room: int = 0):
+    """A new cache holding a copy of batch `rows` of `cache` (which is left as it was), with space for `room` more
+    tokens: what a side forward of some rows against a live decode's cache needs (the fork probe at EOS). A
+    growing cache when available (the side forward then writes its tokens without a regrowing copy), else a plain
+    DynamicCache. Every layer of `cache` must hold K/V (no KV-sharing or recurrent layers)."""
+    from transformers.cache_utils import DynamicCache
+
+    layer = _growing_layer_class()
+    if layer is None:
+        return DynamicCache(ddp_cache_data=[(src.keys[rows], src.values[rows]) for src in cache.layers])
+    out = growing_cache()
+    for src in cache.layers:
+        bufs = []
+        for kv in (src.keys, src.values):
+            sel = kv[rows]  # one layer's rows at a time: the transient copy stays small
+            n = int(sel.shape[-2])
+            buf = sel.new_empty(*sel.shape[:-2], n + int(room), sel.shape[-1])
+            buf[..., :n, :] = sel
+            bufs.append(buf)
+        g = layer()
+        g.lazy_initialization(bufs[0], bufs[1])  # dtype, device, initialized (and empty buffers)
+        g._kb, g._vb, g._n = bufs[0], bufs[1], n
+        g._views()
+        out.layers.append(g)
+    return out
+
+
 def is_growing(cache) -> bool:
     """Whether `cache` is one of growing_cache's (False after the version guard fell back)."""
     layer = _GROWING.get("layer")

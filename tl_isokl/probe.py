@@ -13,10 +13,24 @@ the probe measures coherence *while thinking*). With `after_close="keep"` they a
 removed from the prefill, so the spliced text never holds a second `</think>`. The check is on decoded text,
 so a tokenizer that splits `</think>` oddly still works.
 
-Cost: no fork re-forwards prompt + rollout[:t]. Each trajectory is one packed sequence, the rollout followed by
-every fork's segment (the prefill and the answers' common tokens once, then what differs per answer variant), with a 4D attention mask letting a segment see rollout[:plen+t] and
-itself, and position ids continuing from its fork. One forward per batch of trajectories scores every fork:
-O(T + forks x segment) tokens instead of O(forks x T).
+Cost: no fork re-forwards prompt + rollout[:t]. Each fork adds a segment: the prefill and the answers' common tokens
+once, then what differs per answer variant (a variant's last token is never a scoring source, so it is left out),
+with a 4D attention mask letting the segment see prompt + rollout[:t] and itself, and position ids continuing from
+its fork. Two forms:
+
+* inside the decode (`rollout(..., probe=AnswerProbe())`, what a sweep runs; `cache_probe`, `CacheProbe`): when a
+  row leaves the batch (at EOS, or at the end of the window with its last token fed first) its segments are
+  queries against its KV cache, which already holds the steered prompt + rollout. O(forks x segment) tokens; the
+  rollout is never forwarded again. On issue 13's workload (128 rows, window 256, 1,206 forks) the probe costs
+  ~1.6 CPU s instead of ~4.4 (benchmarks/bench_probe_cache.py);
+* after the decode (`probe`, `AnswerProbe.measure`): each trajectory is one packed sequence, the rollout followed by
+  every fork's segment. One forward per batch of trajectories: O(T + forks x segment) tokens instead of
+  O(forks x T), three quarters of them the re-forwarded rollout.
+
+Both give the same numbers (within 1e-6 on the test bed; tests/integration/test_probe_cache.py, and the zoo against
+`probe_reference`). The decode form needs what the packed one needs (below) and at least one prefill token before
+an answer's first scored token (an empty prefill is scored at the context's own last position, a logit the decode
+does not keep); other probes, and models whose attention cannot be packed, are measured after the decode.
 
 Attention pattern: a 4D mask handed to an HF model replaces the masks it would build itself, sliding windows
 included, so the packed mask must carry the model's own pattern. `attention_layout` chooses from the HF config
@@ -34,8 +48,8 @@ included, so the packed mask must carry the model's own pattern. `attention_layo
 
 The window is measured in position ids, which in a packed row equal the positions of the unpacked sequence:
 key j is visible to query i when allowed and pos[i] - pos[j] < W, HF's convention (`sliding_window_overlay`:
-kv_idx > q_idx - W). Packed, per-fork and `probe_reference` agree to < 1e-4 on every architecture of the test
-zoo (tests/integration/test_zoo.py).
+kv_idx > q_idx - W). Packed, per-fork, in-decode and `probe_reference` agree to < 1e-4 on every architecture of
+the test zoo (tests/integration/test_zoo.py).
 """
 
 from __future__ import annotations
@@ -309,8 +323,23 @@ class AnswerProbe:
         return {"kind": "answer", **self.spec.to_dict(), "schedule": self.schedule}
 
 
+def _masks(model, layout: AttentionLayout, allow: torch.Tensor, qpos: torch.Tensor, kpos: torch.Tensor):
+    """The model's attention mask(s) from allow [B, Q, K] and the position ids of queries [B, Q] and keys [B, K]:
+    one additive 4D mask [B, 1, Q, K], or the {layer type: mask} mapping, with each layer type's window folded in."""
+    dtype = model.cfg.dtype if isinstance(model.cfg.dtype, torch.dtype) else torch.float32
+    neg = torch.finfo(dtype).min
+    masks = {}
+    for key, window in layout.masks:
+        a = allow
+        if window is not None:  # HF's sliding window, measured in positions: q_pos - kv_pos < window
+            a = allow & ((qpos[:, :, None] - kpos[:, None, :]) < window)
+        m = torch.zeros((a.shape[0], 1, a.shape[1], a.shape[2]), dtype=dtype)
+        m.masked_fill_(~a.unsqueeze(1), neg)
+        masks[key] = m.to(model.cfg.device)
+    return masks[""] if "" in masks else masks
+
+
 def _probe_packed(model, vector, rows, plans, segs, positions, layout: AttentionLayout) -> list[list[ForkProbe]]:
-    dev = model.cfg.device
     packed = [_pack(r, fl, segs) for r, fl in zip(rows, plans)]
     L = max(p["ids"].numel() for p in packed)
     B = len(rows)
@@ -322,36 +351,30 @@ def _probe_packed(model, vector, rows, plans, segs, positions, layout: Attention
         ids[j, :n], pos[j, :n], allow[j, :n, :n] = p["ids"], p["pos"], p["allow"]
         idx = torch.arange(n, L)
         allow[j, idx, idx] = True  # padding attends to itself only: no empty softmax rows
-    dtype = model.cfg.dtype if isinstance(model.cfg.dtype, torch.dtype) else torch.float32
-    neg = torch.finfo(dtype).min
-    masks = {}
-    for key, window in layout.masks:
-        a = allow
-        if window is not None:  # HF's sliding window, measured in positions: q_pos - kv_pos < window
-            a = allow & ((pos[:, :, None] - pos[:, None, :]) < window)
-        m = torch.zeros((B, 1, L, L), dtype=dtype)
-        m.masked_fill_(~a.unsqueeze(1), neg)
-        masks[key] = m.to(dev)
-    attention_mask = masks[""] if "" in masks else masks
+    attention_mask = _masks(model, layout, allow, pos, pos)
     # packed rows are unpadded at the front: the prompt comes first, so a row's steering starts at its length
     hooks = steering_hooks(vector, [r.coeff for r in rows], positions=positions,
                            start=[len(r.prompt_tokens) for r in rows])
     resid = next(iter(resid_post(model, ids, attention_mask=attention_mask, position_ids=pos,
                                  hooks=hooks).values()))
-    results = []
-    for j, p in enumerate(packed):
-        logp: dict[int, float] = {}
-        if p["score_pos"]:
-            sp = torch.tensor(p["score_pos"], device=dev)
-            lp = log_probs(model, resid[j, sp])
-            tok_lp = lp.gather(-1, torch.tensor(p["score_tok"], device=dev)[:, None])[:, 0].cpu().double()
-            owner = torch.tensor(p["score_owner"])
-            for _, variants in p["forks"]:
-                for v_i, _ in variants:
-                    logp[v_i] = float(tok_lp[owner == v_i].sum())
-        results.append(_fork_probes(p["forks"], logp))
+    results = [_score_row(model, resid[j], p) for j, p in enumerate(packed)]
     del resid
     return results
+
+
+def _score_row(model, resid: torch.Tensor, p: dict) -> list[ForkProbe]:
+    """ForkProbes of one row from its final residuals [L, d] and its layout's "score_pos" / "score_tok" /
+    "score_owner" / "forks" (a packed row's or a decode-side row's)."""
+    logp: dict[int, float] = {}
+    if p["score_pos"]:
+        dev = resid.device
+        lp = log_probs(model, resid[torch.tensor(p["score_pos"], device=dev)])
+        tok_lp = lp.gather(-1, torch.tensor(p["score_tok"], device=dev)[:, None])[:, 0].cpu().double()
+        owner = torch.tensor(p["score_owner"])
+        for _, variants in p["forks"]:
+            for v_i, _ in variants:
+                logp[v_i] = float(tok_lp[owner == v_i].sum())
+    return _fork_probes(p["forks"], logp)
 
 
 def _probe_per_fork(model, vector, rows, plans, segs, positions, chunk: int) -> list[list[ForkProbe]]:
@@ -388,56 +411,182 @@ def _probe_per_fork(model, vector, rows, plans, segs, positions, chunk: int) -> 
     return [_fork_probes(fl, lp) for fl, lp in zip(fork_lists, logp)]
 
 
-def _pack(r: Rollout, forks: list[tuple[int, str]], segs: _Segments) -> dict:
-    """One packed row: rollout ids, then per fork the tokens its answer variants share (prefill + common answer
-    prefix) once, then each variant's own tokens, with the attention pattern of the unpacked sequences.
+def _fork_segments(forks: list[tuple[int, str]], segs: _Segments) -> dict:
+    """The tokens every fork adds after its context, laid out once for both packed forms (after the rollout in a
+    packed row, or as queries against the decode's KV cache): per fork the tokens its answer variants share
+    (prefill + common answer prefix) once, then each variant's own tokens.
 
-    A variant's last token is never the source of a scored logit, so it is not packed at all: with one-token
+    A variant's last token is never the source of a scored logit, so it is not laid out at all: with one-token
     answers (" true" / " false") a fork costs the prefill alone, instead of (prefill + answer) per variant.
+
+    Returns lists over the laid-out tokens: "ids", "fork" (index into `forks`), "rel" (position after the fork's
+    context: the position id is plen + t + rel); "spans" (start, length, [(a, b) ranges seen besides the context and
+    itself]); scores as "score_pos" (a laid-out index, or -1: the context's last position), "score_tok",
+    "score_owner" (the variant id); and "forks" [(t, [(variant id, is_true)])].
     """
-    prefix = r.prompt_tokens + r.tokens
-    P = len(r.prompt_tokens)
-    N = len(prefix)
-    ids = list(prefix)
-    pos = list(range(N))
-    spans = []  # (start, length, [visible (a, b) ranges besides itself]) of each packed segment
+    ids, fork_of, rel, spans = [], [], [], []
     score_pos, score_tok, score_owner = [], [], []
     fork_list = []
     v_id = 0
-    for t, prefill in forks:
+    for f, (t, prefill) in enumerate(forks):
         variants = []
-        ctx_end = P + t  # every segment of this fork sees prefix[:ctx_end]
         vs = segs.get(prefill)
         c = min(_lcp(vs[0][1], both) for _, both, _ in vs)  # tokens shared by every variant
         shared = len(ids)
         ids += vs[0][1][:c]
-        pos += range(ctx_end, ctx_end + c)
-        spans.append((shared, c, [(0, ctx_end)]))
+        rel += range(c)
+        spans.append((shared, c, []))
         for is_true, both, k in vs:
             own = both[c: len(both) - 1]
             start = len(ids)
             ids += own
-            pos += range(ctx_end + c, ctx_end + c + len(own))
-            spans.append((start, len(own), [(0, ctx_end), (shared, shared + c)]))
+            rel += range(c, c + len(own))
+            spans.append((start, len(own), [(shared, shared + c)]))
             for i in range(k, len(both)):  # token both[i] is predicted at the position of both[i - 1]
                 j = i - 1
-                score_pos.append(ctx_end - 1 if j < 0 else shared + j if j < c else start + j - c)
+                score_pos.append(-1 if j < 0 else shared + j if j < c else start + j - c)
                 score_tok.append(both[i])
                 score_owner.append(v_id)
             variants.append((v_id, is_true))
             v_id += 1
+        fork_of += [f] * (len(ids) - shared)
         fork_list.append((t, variants))
+    return {"ids": ids, "fork": fork_of, "rel": rel, "spans": spans, "score_pos": score_pos,
+            "score_tok": score_tok, "score_owner": score_owner, "forks": fork_list}
+
+
+def _pack(r: Rollout, forks: list[tuple[int, str]], segs: _Segments) -> dict:
+    """One packed row: rollout ids, then every fork's segments (`_fork_segments`), with the attention pattern of
+    the unpacked sequences: a segment sees prefix[:plen + t] and what its fork laid out before it."""
+    prefix = r.prompt_tokens + r.tokens
+    P = len(r.prompt_tokens)
+    N = len(prefix)
+    lay = _fork_segments(forks, segs)
+    ends = [P + t for t, _ in forks]  # every segment of fork f sees prefix[:ends[f]]
+    ids = list(prefix) + lay["ids"]
+    pos = list(range(N)) + [ends[f] + d for f, d in zip(lay["fork"], lay["rel"])]
     n = len(ids)
     allow = torch.zeros((n, n), dtype=torch.bool)
     allow[:N, :N] = torch.ones((N, N), dtype=torch.bool).tril()
-    for start, length, visible in spans:
+    for start, length, visible in lay["spans"]:
         if not length:
             continue
+        a0 = N + start
+        allow[a0: a0 + length, : ends[lay["fork"][start]]] = True
         for a, b in visible:
-            allow[start: start + length, a:b] = True
-        allow[start: start + length, start: start + length] = torch.ones((length, length), dtype=torch.bool).tril()
+            allow[a0: a0 + length, N + a: N + b] = True
+        allow[a0: a0 + length, a0: a0 + length] = torch.ones((length, length), dtype=torch.bool).tril()
+    owner_fork = {}
+    for f, (_, variants) in enumerate(lay["forks"]):
+        owner_fork.update({v: f for v, _ in variants})
+    score_pos = [ends[owner_fork[o]] - 1 if sp < 0 else N + sp for sp, o in zip(lay["score_pos"], lay["score_owner"])]
     return {"ids": torch.tensor(ids), "pos": torch.tensor(pos), "allow": allow, "score_pos": score_pos,
-            "score_tok": score_tok, "score_owner": score_owner, "forks": fork_list}
+            "score_tok": lay["score_tok"], "score_owner": lay["score_owner"], "forks": lay["forks"]}
+
+
+def cache_probe(model, probe) -> "CacheProbe | None":
+    """`probe` in the form the decode runs against its own KV cache (`rollout(..., probe=...)`), or None where it
+    must run after the decode through its `measure`: a probe other than `AnswerProbe` (or a subclass with its own
+    measure), a model whose attention cannot be packed (`attention_layout` "per_fork"), or a spec where an answer's
+    first token is scored at the context's own last position (an empty prefill: no segment token predicts it)."""
+    if not isinstance(probe, AnswerProbe) or type(probe).measure is not AnswerProbe.measure:
+        return None
+    layout = attention_layout(model)
+    if layout.mode != "packed":
+        return None
+    cp = CacheProbe(model, probe, layout)
+    spec = probe.spec
+    prefills = {spec.prefill}
+    if spec.think_close and spec.after_close == "keep":
+        prefills.add(spec.prefill.replace(spec.think_close, ""))
+    if any(k == 0 for pre in prefills for _, _, k in cp.segs.get(pre)):
+        return None
+    return cp
+
+
+class CacheProbe:
+    """An `AnswerProbe` run inside the decode: a row's forks are scored when it leaves the batch, as queries
+    against its KV cache, which already holds prompt + rollout[:t] for every fork t under the same steering (what
+    the packed row re-computes). `queries` lays out the segments (`_fork_segments`, the same tokens as the packed
+    row) with a 4D mask over cache + queries; `score` turns the final residuals into `ForkProbe`s as
+    `_probe_packed` does. `cpu_s` / `wall_s` accumulate the process CPU / wall seconds the decode spends here.
+    """
+
+    def __init__(self, model, probe: AnswerProbe, layout: AttentionLayout, rows: int = 64):
+        self.model, self.probe, self.layout = model, probe, layout
+        self.segs = _Segments(model, probe.spec)
+        self.rows = int(rows)  # rows per side forward (the cache copy and the mask grow with it)
+        self.cpu_s = self.wall_s = 0.0
+
+    def room(self, window: int) -> int:
+        """At most how many query tokens one row's forks of a `window`-token rollout need (the carried token
+        included): the decode reserves that much cache capacity, so the last forward writes without a copy."""
+        spec = self.probe.spec
+        prefills = {spec.prefill, spec.prefill.replace(spec.think_close, "") if spec.think_close else spec.prefill}
+        per_fork = max(len(_fork_segments([(0, pre)], self.segs)["ids"]) for pre in prefills)
+        return 1 + per_fork * (len(fork_points(int(window), self.probe.schedule)) + 1)
+
+    def plan(self, r: Rollout) -> list[tuple[int, str]]:
+        """(t, prefill) of each fork `AnswerProbe.measure` would probe: `default_forks` and the think-state rule."""
+        return probe_forks(self.model, self.probe.spec, r, default_forks(r, self.probe.schedule))
+
+    def queries(self, plans: list[list[tuple[int, str]]], real: torch.Tensor, plen_padded: int,
+                carried: list[int | None]) -> dict:
+        """Inputs of one forward of R rows against their cache rows (K positions, left-padded prompt of width
+        `plen_padded` then one position per generated token; `real` [R, K] bool marks the non-pad ones).
+
+        A row's queries are its `carried` token (None, or the last generated token, which the cache lacks when the
+        window ended) then every fork's segments, right-padded to Q. Fork t sees the real cache positions before
+        plen_padded + t (the carried token too when t reaches it) and what its fork laid out before it; position
+        ids continue from plen + t as in the packed row; a padding query sees itself only.
+        """
+        real = real.bool().cpu()
+        R, K = real.shape
+        T = int(plen_padded)
+        lays = [_fork_segments(p, self.segs) for p in plans]
+        own = [(c is not None) + len(lay["ids"]) for c, lay in zip(carried, lays)]
+        Q = max(own + [1])
+        ids = torch.full((R, Q), pad_id(self.model), dtype=torch.long)
+        qpos = torch.zeros((R, Q), dtype=torch.long)
+        allow = torch.zeros((R, Q, K + Q), dtype=torch.bool)
+        plen = real[:, :T].sum(-1)
+        kpos = real.long().cumsum(-1) - 1
+        rows = []
+        for j, (plan, lay, c) in enumerate(zip(plans, lays, carried)):
+            P, o, n = int(plen[j]), int(c is not None), len(lay["ids"])
+            if o:  # the window's last token: the position after the cache, seeing all of it
+                ids[j, 0], qpos[j, 0] = c, P + K - T
+                allow[j, 0, :K] = real[j]
+                allow[j, 0, K] = True
+            if n:
+                t = torch.tensor([tf for tf, _ in plan])[torch.tensor(lay["fork"])]  # each query's fork
+                if int((T + t).max()) > K + o:
+                    raise IsoKLError(f"a fork at t={int(t.max())} needs tokens the cache does not hold yet")
+                ids[j, o: o + n] = torch.tensor(lay["ids"])
+                qpos[j, o: o + n] = P + t + torch.tensor(lay["rel"])
+                allow[j, o: o + n, :K] = (torch.arange(K)[None, :] < (T + t)[:, None]) & real[j][None, :]
+                if o:
+                    allow[j, o: o + n, K] = (T + t) > K
+                for start, length, visible in lay["spans"]:
+                    if not length:
+                        continue
+                    a0 = o + start
+                    for a, b in visible:
+                        allow[j, a0: a0 + length, K + o + a: K + o + b] = True
+                    allow[j, a0: a0 + length, K + a0: K + a0 + length] = torch.ones(
+                        (length, length), dtype=torch.bool).tril()
+            if any(sp < 0 for sp in lay["score_pos"]):
+                raise IsoKLError("an answer scored at the context's last position cannot be probed from the cache")
+            pad = torch.arange(o + n, Q)
+            allow[j, pad, K + pad] = True
+            rows.append({"score_pos": [o + sp for sp in lay["score_pos"]], "score_tok": lay["score_tok"],
+                         "score_owner": lay["score_owner"], "forks": lay["forks"]})
+        mask = _masks(self.model, self.layout, allow, qpos, torch.cat([kpos, qpos], 1))
+        return {"ids": ids, "pos": qpos, "attention_mask": mask, "rows": rows}
+
+    def score(self, resid: torch.Tensor, q: dict) -> list[list[ForkProbe]]:
+        """ForkProbes of each row from the final residuals [R, Q, d] of the forward on `queries`' inputs."""
+        return [_score_row(self.model, resid[j], p) for j, p in enumerate(q["rows"])]
 
 
 @torch.no_grad()

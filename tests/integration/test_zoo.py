@@ -15,10 +15,11 @@ import torch
 
 import zoo_models as Z
 import tl_isokl.probe  # noqa: F401  (the package exports a function of the same name)
+import tl_isokl.rollout  # noqa: F401  (likewise)
 from tl_isokl.errors import ModelLoadError
 from tl_isokl.head import check_head, final_logits, head_error
 from tl_isokl.kl import per_token_kl
-from tl_isokl.probe import ProbeSpec, default_forks, probe, probe_forks, probe_reference
+from tl_isokl.probe import AnswerProbe, ProbeSpec, default_forks, probe, probe_forks, probe_reference
 from tl_isokl.rollout import rollout
 from tl_isokl.steer import Steering
 from tl_isokl.tokens import encode
@@ -128,6 +129,15 @@ def close(a: float, b: float, tol: float = 1e-4) -> bool:
     return max(a, b) < 1e-300
 
 
+def early_stop(rows) -> int:
+    """An id some of `rows` write early and some not at all: made an EOS id, rows drop out at different steps."""
+    cands = {}
+    for r in rows:
+        for i, t in enumerate(r.tokens[:WINDOW // 2]):
+            cands.setdefault(t, {}).setdefault(r.prompt, i)
+    return max(cands, key=lambda t: (0 < len(cands[t]) < len(rows), len(cands[t]), -min(cands[t].values())))
+
+
 # ---- the tests ------------------------------------------------------------------------------------------------
 def test_distributions_are_peaked(zoo):
     """Guards the zoo itself: greedy argmax far from ties, so token-equality checks cannot flake."""
@@ -171,12 +181,7 @@ def test_rollout_is_the_full_forward_argmax_at_every_step(zoo):
 def test_rows_stopping_at_eos_in_a_batch_equal_their_runs_alone(zoo):
     """The early-exit path: an id the steered rows produce is made an EOS id, so rows leave the batch mid-way."""
     steered = [r for r in zoo.rolls if r.coeff != 0]
-    # an id some rows reach early and some not at all: rows drop out at different steps
-    cands = {}
-    for r in steered:
-        for i, t in enumerate(r.tokens[:WINDOW // 2]):
-            cands.setdefault(t, {}).setdefault(r.prompt, i)
-    stop = max(cands, key=lambda t: (0 < len(cands[t]) < len(steered), len(cands[t]), -min(cands[t].values())))
+    stop = early_stop(steered)
     gen = zoo.model.original_model.generation_config
     old = gen.eos_token_id
     try:
@@ -237,6 +242,44 @@ def test_packed_probe_equals_reference_and_hf(zoo):
                 assert close(a, b), (zoo.family, r.coeff, f.t, a, b)
             n += 1
     assert n >= 10
+
+
+def test_probe_in_the_decode_equals_reference(zoo, monkeypatch):
+    """The probe run inside the decode against its KV cache (4D masks over cache + segments, a mask per layer
+    type on the mixed families) on rows leaving at EOS mid-way and at the window: every fork equals
+    `probe_reference` (positions "all"; the last forward on copies of the cache rows) and the packed probe
+    (positions "generated", checked against HF above; the last forward on the decode's cache itself)."""
+    rollout_mod = sys.modules["tl_isokl.rollout"]
+    spec = ProbeSpec()
+    stop = early_stop([r for r in zoo.rolls if r.coeff != 0])
+    gen = zoo.model.original_model.generation_config
+    old = gen.eos_token_id
+    P, C = [r.prompt for r in zoo.rolls], [r.coeff for r in zoo.rolls]
+    ap = AnswerProbe(spec, SCHEDULE)
+    try:
+        gen.eos_token_id = [Z.EOS, int(stop)]
+        monkeypatch.setattr(rollout_mod, "ROOM_SHARE", 0.0)
+        rolls, forks = rollout(zoo.model, zoo.vec, P, C, window=WINDOW, batch_size=len(P), probe=ap)
+        monkeypatch.setattr(rollout_mod, "ROOM_SHARE", 1e9)
+        rolls_g, forks_g = rollout(zoo.model, zoo.vec, P, C, window=WINDOW, batch_size=len(P), probe=ap,
+                                   positions="generated")
+    finally:
+        gen.eos_token_id = old
+    assert probe_mod.cache_probe(zoo.model, ap) is not None  # the in-decode path is the one tested here
+    assert any(r.eos and r.length < WINDOW for r in rolls) and any(r.length == WINDOW for r in rolls)
+    n = 0
+    for r, fs in zip(rolls, forks):
+        assert [f.t for f in fs] == [t for t, _ in probe_forks(zoo.model, spec, r, default_forks(r, SCHEDULE))]
+        for f in fs:
+            ref = probe_reference(zoo.model, zoo.vec, r, f.t, spec)
+            assert close(f.pmass, ref.pmass) and close(f.p_true, ref.p_true), (zoo.family, r.coeff, f.t)
+            n += 1
+    assert n >= 20
+    packed = probe(zoo.model, zoo.vec, rolls_g, spec=spec, schedule=SCHEDULE, positions="generated")
+    for fs, ps in zip(forks_g, packed):
+        assert [f.t for f in fs] == [p.t for p in ps]
+        for f, p in zip(fs, ps):
+            assert close(f.pmass, p.pmass) and close(f.p_true, p.p_true), (zoo.family, "generated", f.t)
 
 
 def test_probe_positions_generated_equals_hf_hook(zoo):
