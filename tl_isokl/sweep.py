@@ -6,8 +6,9 @@ resumes where it stopped and ends byte-identical to an uninterrupted run (greedy
 
 Rows of several alphas share one decode batch (`alpha_groups`: on a CPU thread a 128-row step costs far less than
 eight 16-row steps). The groups are a fixed partition of the run's alphas, so a resumed sweep re-decodes a
-partly finished group with the same batch composition and its cells stay byte-identical; KL and probe run per
-cell, only for the cells still missing.
+partly finished group with the same batch composition and its cells stay byte-identical; KL runs per cell, only
+for the cells still missing. The default probe runs inside the decode, against its KV cache, as each row leaves
+the batch (`rollout(..., probe=...)`); a probe that cannot (`probe.cache_probe`) is measured per cell.
 """
 
 from __future__ import annotations
@@ -261,9 +262,14 @@ def alpha_groups(alphas: Sequence[float], rows_per_alpha: int, max_rows: int) ->
 
 
 def rollout_group(model, vector: SteeringVector, alphas: Sequence[float], cfg: SweepConfig, *,
-                  decode_batch_size: int = 128, progress: Callable[[str, int, int], None] | None = None
-                  ) -> dict[float, tuple[list, list]]:
-    """The held-out rollouts of several alphas in shared decode batches: {alpha: (rollouts, final residuals)}."""
+                  decode_batch_size: int = 128, progress: Callable[[str, int, int], None] | None = None,
+                  timings: dict | None = None) -> dict[float, tuple]:
+    """The held-out rollouts of several alphas in shared decode batches: {alpha: (rollouts, final residuals)},
+    plus each rollout's fork probes, (rollouts, finals, forks), where `cfg.probe` can run inside the decode
+    against its KV cache (`probe.cache_probe`: an AnswerProbe on a model whose attention can be packed); then
+    `run_cell` does not measure again. `timings`: see `rollout` (the probe's CPU seconds inside the decode)."""
+    from tl_isokl.probe import cache_probe
+
     P, C, I = [], [], []
     for a in alphas:
         p, c, i = grid(cfg.prompts, [cfg.coeff(a)], cfg.prompt_ids)
@@ -278,21 +284,25 @@ def rollout_group(model, vector: SteeringVector, alphas: Sequence[float], cfg: S
         if progress is not None:
             progress(label, done[0], len(P))
 
-    rolls, finals = rollout(model, vector, P, C, prompt_ids=I, window=cfg.window, batch_size=decode_batch_size,
-                            positions=cfg.positions, progress=tick, sampling=cfg.sampling, return_final=True)
+    in_decode = cache_probe(model, cfg.probe) is not None
+    got = rollout(model, vector, P, C, prompt_ids=I, window=cfg.window, batch_size=decode_batch_size,
+                  positions=cfg.positions, progress=tick, sampling=cfg.sampling, return_final=True,
+                  probe=cfg.probe if in_decode else None, timings=timings)
     n = len(cfg.prompts)
-    return {a: (rolls[k * n: (k + 1) * n], finals[k * n: (k + 1) * n]) for k, a in enumerate(alphas)}
+    return {a: tuple(part[k * n: (k + 1) * n] for part in got) for k, a in enumerate(alphas)}
 
 
-def run_cell(model, vector: SteeringVector, alpha: float, cfg: SweepConfig, rolled: tuple[list, list] | None = None,
+def run_cell(model, vector: SteeringVector, alpha: float, cfg: SweepConfig, rolled: tuple | None = None,
              *, batch_size: int = 32, probe_batch_size: int = 8,
              progress: Callable[[str, int, int], None] | None = None) -> list[Trajectory]:
     """All held-out prompts at one alpha: per-token KL and fork probes of its rollouts (`rolled`, from
-    `rollout_group`; decoded here when not given)."""
+    `rollout_group`: (rollouts, finals) or (rollouts, finals, forks) when the decode probed already; decoded here
+    when not given)."""
     coeff = cfg.coeff(alpha)
     if rolled is None:
         rolled = rollout_group(model, vector, [alpha], cfg, decode_batch_size=batch_size, progress=progress)[alpha]
-    rolls, finals = rolled
+    rolls, finals = rolled[0], rolled[1]
+    probed = rolled[2] if len(rolled) > 2 else None
     n = len(rolls)
 
     def tick(stage):
@@ -317,8 +327,12 @@ def run_cell(model, vector: SteeringVector, alpha: float, cfg: SweepConfig, roll
             concept = [trajectory_score(p) if len(p) else None for p in extra["concept"]]
         if extra["gate"] is not None:
             gates = list(extra["gate"])
-    forks = cfg.probe.measure(model, vector, rolls, batch_size=probe_batch_size, positions=cfg.positions,
-                              progress=tick("probe"))
+    if probed is not None:
+        forks = probed
+        tick("probe")(n)
+    else:
+        forks = cfg.probe.measure(model, vector, rolls, batch_size=probe_batch_size, positions=cfg.positions,
+                                  progress=tick("probe"))
     return [Trajectory.from_rollout(r, alpha=alpha, coeff=coeff, kl=k, forks=f, concept=c, gate=g)
             for r, k, f, c, g in zip(rolls, kls, forks, concept, gates)]
 

@@ -178,3 +178,33 @@ def test_one_alpha_per_decode_batch_gives_the_same_cells(model, vec, cal, heldou
             np.testing.assert_allclose(x.kl, y.kl, atol=2e-5, rtol=1e-4)
             assert fate(x, run.threshold).died == fate(y, run.threshold).died
             np.testing.assert_allclose([f.pmass for f in x.forks], [f.pmass for f in y.forks], atol=1e-5)
+
+
+def test_probe_in_the_decode_gives_the_cells_of_the_probe_after_it(model, vec, cal, heldout, run, tmp_path,
+                                                                   monkeypatch):
+    """The default sweep probes inside the decode (the packed probe is never called); a probe that is not an
+    AnswerProbe is measured after the decode, as before. Same tokens, same forks, same deaths, pmass within 1e-4."""
+    from tl_isokl.probe import AnswerProbe
+
+    class After:  # the same probe through `measure`, as every probe ran before
+        def measure(self, *a, **k):
+            return AnswerProbe().measure(*a, **k)
+
+        def to_dict(self):
+            return AnswerProbe().to_dict()
+
+    old = sweep(model, vec, cal, heldout, tmp_path / "after", alphas=ALPHAS, window=WINDOW, probe=After())
+    probe_mod = importlib.import_module("tl_isokl.probe")
+
+    def refuse(*a, **k):
+        raise AssertionError("the packed probe ran after the decode")
+    monkeypatch.setattr(probe_mod, "probe", refuse)
+    new = sweep(model, vec, cal, heldout, tmp_path / "in", alphas=ALPHAS, window=WINDOW)
+    assert sum(f.died for ts in new.by_alpha().values() for f in (fate(t, new.threshold) for t in ts)) > 0
+    for a in ALPHAS:
+        for x, y, z in zip(new.by_alpha()[a], old.by_alpha()[a], run.by_alpha()[a]):
+            assert x.tokens == y.tokens == z.tokens
+            assert [f.t for f in x.forks] == [f.t for f in y.forks]
+            np.testing.assert_allclose([f.pmass for f in x.forks], [f.pmass for f in y.forks], atol=1e-4)
+            np.testing.assert_allclose([f.p_true for f in x.forks], [f.p_true for f in y.forks], atol=1e-4)
+            assert fate(x, new.threshold) == fate(y, old.threshold)
