@@ -84,8 +84,11 @@ def first_death(forks, threshold=THRESHOLD):
 
 def run_tl_isokl(model, vector, cal_prompts, heldout, alphas, window, mark=None) -> dict:
     """The library's pipeline as `tl-isokl sweep` runs it: calibrate, then the alphas' rollouts in shared decode
-    batches (`sweep.alpha_groups` / `rollout_group`, keeping the steered final residuals), per-token KL from those
-    (base pass only; none at alpha 0) and the packed probe, per cell, with sweep's batch sizes."""
+    batches (`sweep.alpha_groups` / `rollout_group`, keeping the steered final residuals, and probing each row's
+    forks inside the decode against its KV cache as the row leaves the batch), per-token KL from those residuals
+    (base pass only; none at alpha 0), per cell, with sweep's batch sizes. The probe's work inside the decode is
+    timed there (`rollout(timings=...)`) and moved from the rollout stage to the probe stage; where the probe cannot
+    run in the decode it is measured per cell, as `sweep.run_cell` does."""
     import numpy as np
 
     import tl_isokl as ik
@@ -107,14 +110,21 @@ def run_tl_isokl(model, vector, cal_prompts, heldout, alphas, window, mark=None)
     rows_per_batch = default_decode_rows(model, window)
     cells = {}
     for group in alpha_groups(sorted(alphas), len(prompts), rows_per_batch):
+        timings = {}
         with sw("rollout"):
-            rolled = rollout_group(model, vector, group, cfg, decode_batch_size=rows_per_batch)
+            rolled = rollout_group(model, vector, group, cfg, decode_batch_size=rows_per_batch, timings=timings)
+        for clock, key in ((sw.cpu, "probe"), (sw.wall, "probe_wall")):  # the probe's share of the decode
+            clock["rollout"] -= timings.get(key, 0.0)
+            clock["probe"] += timings.get(key, 0.0)
         for a in group:
-            rolls, finals = rolled[a]
+            rolls, finals = rolled[a][:2]
             with sw("kl"):
                 kls = ik.per_token_kl(model, vector, rolls, batch_size=32, final=finals)
-            with sw("probe"):
-                probes = ik.probe(model, vector, rolls, batch_size=8)
+            if len(rolled[a]) > 2:
+                probes = rolled[a][2]
+            else:
+                with sw("probe"):
+                    probes = cfg.probe.measure(model, vector, rolls, batch_size=8)
             rows = []
             for r, k, fk in zip(rolls, kls, probes):
                 forks = [[f.t, f.pmass] for f in fk]
