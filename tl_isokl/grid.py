@@ -46,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import sys
 import threading
 import time
 import tomllib
@@ -714,15 +715,21 @@ def _run_local(cells: list[Cell], echo: Echo) -> GridResult:
     return res
 
 
-def _ray_cell(cell: Cell, threads: int) -> dict[str, Any]:
-    """The Ray task: one cell in a worker process (the model stays cached in the worker for its next cells)."""
+def _ray_cell(cell: Cell, threads: int, argv: list[str] | None = None, cwd: str | None = None) -> dict[str, Any]:
+    """The Ray task: one cell in a worker process (the model stays cached in the worker for its next cells); its
+    manifests record the driver's command line (`argv`, `cwd`), not the worker's."""
     import os
 
     import torch
 
+    from tl_isokl.rundir import driver_command
+
     os.environ.setdefault("TQDM_DISABLE", "1")
     torch.set_num_threads(max(1, int(threads)))
-    return execute_cell(cell)
+    if argv is None:
+        return execute_cell(cell)
+    with driver_command(argv, cwd or ""):
+        return execute_cell(cell)
 
 
 def _run_ray(cells: list[Cell], echo: Echo, *, address: str | None, gpus: float, cpus: float, retries: int,
@@ -742,7 +749,7 @@ def _run_ray(cells: list[Cell], echo: Echo, *, address: str | None, gpus: float,
     groups_left: dict[str, int] = {}
 
     def submit(cell: Cell) -> None:
-        pending[task.remote(cell, max(1, int(cpus)))] = (cell, 0)
+        pending[task.remote(cell, max(1, int(cpus)), list(sys.argv), str(Path.cwd()))] = (cell, 0)
 
     for c in cells:
         submit(c)

@@ -23,6 +23,7 @@ Every one of these names is known here and nowhere else: other modules ask `RunD
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import platform
 import sys
@@ -96,9 +97,29 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+_DRIVER: dict[str, Any] = {}
+
+
+@contextlib.contextmanager
+def driver_command(argv: list[str], cwd: str):
+    """While a worker (a Ray task) writes cells for a driver elsewhere, the manifests it writes record the
+    driver's command line and working directory: the command a researcher ran, not the worker's."""
+    old = dict(_DRIVER)
+    _DRIVER.update(argv=list(argv), cwd=str(cwd))
+    try:
+        yield
+    finally:
+        _DRIVER.clear()
+        _DRIVER.update(old)
+
+
+def _argv() -> list[str]:
+    return list(_DRIVER.get("argv", sys.argv))
+
+
 def history_entry(command: str, **fields: Any) -> dict[str, Any]:
     """One command that wrote into a folder: its command line, working directory, time and versions."""
-    return {"command": command, "argv": list(sys.argv), "cwd": str(Path.cwd()), "time": _now(),
+    return {"command": command, "argv": _argv(), "cwd": _DRIVER.get("cwd") or str(Path.cwd()), "time": _now(),
             "package_version": package_version(), "environment": environment(), **fields}
 
 
@@ -106,7 +127,7 @@ def base_manifest(command: str, *, history: dict[str, Any] | None = None, **fiel
     """A new manifest; `history` = extra fields of this command's history entry (e.g. the cells it wrote)."""
     return {
         "command": command,
-        "argv": list(sys.argv),
+        "argv": _argv(),
         "package_version": package_version(),
         "created": _now(),
         "environment": environment(),

@@ -44,6 +44,9 @@ def same_run(a, b, alphas):
     assert ma["identity"] == mb["identity"] and ma["config_sha256"] == mb["config_sha256"]
     assert ma["alphas"] == mb["alphas"] and ma["prompts"] == mb["prompts"]
     assert "engine" not in ma and mb["engine"] == "ray"
+    # the command a researcher ran (the test's invocation), not the Ray worker's
+    assert mb["argv"][0] == "tl-isokl" and "--engine" in mb["argv"], mb["argv"]  # sweep or compare
+    assert mb["history"][-1]["argv"] == mb["argv"] and mb["history"][-1]["cwd"] == ma["history"][-1]["cwd"]
 
 
 def test_sweep_on_ray_writes_the_local_files(local_ray, reuse_model, files, tmp_path):

@@ -247,13 +247,13 @@ def test_ray_retries_a_killed_worker(local_ray, reference, grid_file, tmp_path):
     worker; finished cells are not recomputed; the files are the local engine's."""
     marker = tmp_path / "killed-once"
 
-    def dies_once(cell, threads):
+    def dies_once(cell, *args):
         import os
 
         if cell.kind == "sweep" and "pca" in cell.name and not marker.exists():
             marker.write_text("x")
             os._exit(1)  # the worker process dies mid-task
-        return G._ray_cell(cell, threads)
+        return G._ray_cell(cell, *args)
 
     res = G.run_grid(G.parse_grid(grid_file), tmp_path / "out", engine="ray", ray_task=dies_once, retries=2)
     assert marker.exists() and not res.failed and res.computed == 6
