@@ -26,7 +26,7 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--window", type=int, default=256)
     ap.add_argument("--prompts", type=int, default=16)
-    ap.add_argument("--probe-rows", default="64", help="rows per in-decode probe forward (comma list to compare)")
+    ap.add_argument("--probe-rows", default="16", help="rows per in-decode probe forward (comma list to compare)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
 
