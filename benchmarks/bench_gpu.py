@@ -4,7 +4,7 @@
                                                            # 24 prompts x 8 alphas, EOS never produced
     python benchmarks/bench_gpu.py --max-cells 2           # time 2 of the 8 alpha cells and extrapolate (short GPU lease)
     python benchmarks/bench_gpu.py --no-native-attention --no-fastpath   # TransformerLens's own bridge path
-    python benchmarks/bench_gpu.py --batch-alphas          # roll out every alpha's rows in one decode batch
+    python benchmarks/bench_gpu.py --no-batch-alphas       # one alpha cell at a time, the probe after each decode
     python benchmarks/bench_gpu.py --grow-cache            # rollouts through tl_isokl.acceleration.growing_cache
     python benchmarks/bench_gpu.py --tiny                  # 2 layers, d 64, window 32, 3 prompts, CPU: seconds (smoked)
 
@@ -17,9 +17,12 @@ the bridge fast path of `tl_isokl.acceleration`; `--no-native-attention` / `--no
 is disabled by construction: the lm_head rows of the EOS ids are zero, so EOS's logit is exactly 0 while the greedy
 winner among ~100k random logits is always positive; every row runs the whole window (checked and printed).
 
-Stages, per alpha cell (what `tl_isokl.sweep.run_cell` does): rollout (batch 32), per-token KL (teacher-forced,
-batch 32 rows = 64 sequences; halved on CUDA out-of-memory, and said so), fork probe (packed, batch 8). Optional
-calibration (`--calibrate`, at `--cal-window`); by default the dose is a fixed c* (timing does not depend on it).
+Stages, as `tl-isokl sweep` runs them (default, `--batch-alphas`): every timed alpha's rows in one decode batch
+(halved on CUDA out-of-memory, and said so), each row's fork probe scored inside the decode as the row leaves,
+against its KV cache (`rollout(probe=...)`; its time is taken out of the rollout's and reported as the probe's), then
+per alpha the per-token KL (the base teacher-forced pass only, batch 32). `--no-batch-alphas`: one alpha cell at a
+time (rollout batch `--roll-batch`), the packed probe after each decode (batch 8). Optional calibration
+(`--calibrate`, at `--cal-window`); by default the dose is a fixed c* (timing does not depend on it).
 
 Floors (beside each measured time; both hardware numbers are flags, H200 defaults):
     decode    per step max(bytes / bandwidth, FLOPs / peak); bytes = every weight except the embedding (the
@@ -28,8 +31,8 @@ Floors (beside each measured time; both hardware numbers are flags, H200 default
     teacher-forced (KL, probe)   FLOPs / peak: 2 x non-embedding params x tokens + causal attention
               (2 x layers x d_attn x T^2 per sequence; the probe's packed mask counts only allowed pairs) + the
               head (2 x d x vocab) at every scored position. This is the floor of the work *as the library does it*
-              (two passes for KL, the packed re-forward for the probe); the algorithmic floor is lower (the decode
-              already computed the steered logits; the probe's prefix could reuse K/V).
+              (the KL's base pass; the probe's fork segments against the cached prefix, or with
+              `--no-batch-alphas` the packed re-forward of prompt + rollout).
 Memory: torch.cuda.max_memory_allocated per stage on CUDA; peak RSS on CPU.
 """
 
@@ -180,7 +183,7 @@ def run(args) -> dict:
     torch.set_num_threads(args.threads)
     import tl_isokl as ik
     from tl_isokl.model import model_info
-    from tl_isokl.probe import PREFILL
+    from tl_isokl.probe import PREFILL, AnswerProbe
     from tl_isokl.rollout import grid
     from tl_isokl.tokens import encode
 
@@ -243,20 +246,27 @@ def run(args) -> dict:
 
         c_star = args.c_star
         rolls_by_cell = {}
+        probes_by_cell = {}
         if args.batch_alphas:
             P, C, I = grid(prompts, [a * c_star for a in cells], ids)
             timer.reset_peak()
             timer.sync()
             t0 = time.perf_counter()
-            (rolls, finals), _ = with_oom_retry(lambda b: ik.rollout(model, vec, P, C, prompt_ids=I,
-                                                                     window=args.window, batch_size=b,
-                                                                     return_final=True), len(P), notes, "rollout")
+            tm: dict = {}
+
+            def decode(b):
+                tm.clear()  # a retried decode counts once
+                return ik.rollout(model, vec, P, C, prompt_ids=I, window=args.window, batch_size=b,
+                                  return_final=True, probe=AnswerProbe(), timings=tm)
+            (rolls, finals, forks), _ = with_oom_retry(decode, len(P), notes, "rollout")
             timer.sync()
-            st["rollout"]["seconds"] = time.perf_counter() - t0
-            st["rollout"]["peak_gb"] = timer.peak_gb()
+            st["rollout"]["seconds"] = time.perf_counter() - t0 - tm.get("probe_wall", 0.0)
+            st["probe"]["seconds"] = tm.get("probe_wall", 0.0)  # inside the decode (wall, synchronised around)
+            st["rollout"]["peak_gb"] = st["probe"]["peak_gb"] = timer.peak_gb()
             n = len(prompts)
             for k, a in enumerate(cells):
                 rolls_by_cell[a] = rolls[k * n: (k + 1) * n], finals[k * n: (k + 1) * n]
+                probes_by_cell[a] = forks[k * n: (k + 1) * n]
             # floor: all rows in one decode batch
             fl = floor_decode(pc, plens * len(cells), args.window, wbytes, wbytes, args.bandwidth, args.peak_flops)
             st["rollout"]["floor"] = fl["seconds"]
@@ -295,20 +305,26 @@ def run(args) -> dict:
             scored = 2 * sum(r.length for r in rolls) if a != 0 else 0  # both sides go through the head
             st["kl"]["floor"] += floor_teacher_forced(pc, seqs, scored, args.peak_flops)["seconds"]
             st["kl"]["tokens"] += scored // 2
-            timer.reset_peak()
-            timer.sync()
-            t0 = time.perf_counter()
-            probes, pb = with_oom_retry(lambda b: ik.probe(model, vec, rolls, batch_size=b), args.probe_batch,
-                                        notes, "probe")
-            args.probe_batch = pb
-            timer.sync()
-            st["probe"]["seconds"] += time.perf_counter() - t0
-            st["probe"]["peak_gb"] = max(st["probe"]["peak_gb"], timer.peak_gb())
+            if a in probes_by_cell:  # scored inside the decode
+                probes = probes_by_cell[a]
+            else:
+                timer.reset_peak()
+                timer.sync()
+                t0 = time.perf_counter()
+                probes, pb = with_oom_retry(lambda b: ik.probe(model, vec, rolls, batch_size=b), args.probe_batch,
+                                            notes, "probe")
+                args.probe_batch = pb
+                timer.sync()
+                st["probe"]["seconds"] += time.perf_counter() - t0
+                st["probe"]["peak_gb"] = max(st["probe"]["peak_gb"], timer.peak_gb())
             lens, pairs, nsc, nforks = [], [], 0, 0
             for r, fk in zip(rolls, probes):
                 T = len(r.prompt_tokens) + r.length
-                L_ = T + 2 * seg * len(fk)
-                pr = T * (T + 1) / 2 + sum(2 * (seg * (len(r.prompt_tokens) + f.t) + seg * (seg + 1) / 2) for f in fk)
+                # inside the decode only the segments go through the model, attending to the cached prefix
+                T_fwd = 0 if a in probes_by_cell else T
+                L_ = T_fwd + 2 * seg * len(fk)
+                pr = T_fwd * (T_fwd + 1) / 2 + sum(2 * (seg * (len(r.prompt_tokens) + f.t) + seg * (seg + 1) / 2)
+                                                   for f in fk)
                 lens.append(L_)
                 pairs.append(pr)
                 nsc += 2 * len(fk)  # one scored answer token per variant on this tokenizer (at least)
@@ -402,7 +418,8 @@ def parse(argv=None):
     ap.add_argument("--roll-batch", type=int, default=32)
     ap.add_argument("--kl-batch", type=int, default=32)
     ap.add_argument("--probe-batch", type=int, default=8)
-    ap.add_argument("--batch-alphas", action="store_true", help="all alphas' rollouts in one decode batch")
+    ap.add_argument("--batch-alphas", action=argparse.BooleanOptionalAction, default=True,
+                    help="all alphas' rows in one decode batch with the probe inside it (the sweep's path; default)")
     ap.add_argument("--native-attention", action=argparse.BooleanOptionalAction, default=True,
                     help="HF's attention kernel under the bridge (load_model's default)")
     ap.add_argument("--fastpath", action=argparse.BooleanOptionalAction, default=True,
