@@ -392,8 +392,10 @@ def report(res: dict) -> str:
         L.append(f"{k:<8} {v['seconds']:11.2f} {v['floor']:9.3f} {v['seconds'] / v['floor']:7.1f}x "
                  f"{v['per_figure_s']:9.1f} {v['per_figure_floor_s']:9.2f} {tps:10,.0f} {ftps:11,.0f} "
                  f"{v['peak_gb']:8.2f}")
-    L.append(f"tokens: rollout = generated, kl = scored (steered side from the decode, one base pass; none at alpha 0), probe = packed tokens "
-             f"({res['stages']['probe'].get('forks', 0)} forks)")
+    probe_what = ("fork segments scored inside the decode against the KV cache" if res["batch_alphas"]
+                  else "packed tokens (rollout re-forwarded)")
+    L.append(f"tokens: rollout = generated, kl = scored (steered side from the decode, one base pass; none at "
+             f"alpha 0), probe = {probe_what} ({res['stages']['probe'].get('forks', 0)} forks)")
     for n in res["notes"]:
         L.append(f"note: {n}")
     L.append(f"the figure's work (rollout + KL + probe, {len(res['alphas'])} alphas): {res['figure_s']:.1f} s "
