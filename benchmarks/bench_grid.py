@@ -47,7 +47,7 @@ def write_grid(d: Path, window: int, n: int, alphas: str) -> Path:
     return d / "GRID.toml"
 
 
-def _own_session_cell(cell, threads):
+def _own_session_cell(cell, *args):
     """A Ray task that first moves its worker into a session of its own (once per worker): with the kernel's
     autogroup scheduling, every process Ray starts shares the raylet's session and so one fair share of the CPU
     against other sessions, whatever the number of workers."""
@@ -59,7 +59,7 @@ def _own_session_cell(cell, threads):
         os.setsid()
     except OSError:  # already a session leader (the task ran on this worker before)
         pass
-    return G._ray_cell(cell, threads)
+    return G._ray_cell(cell, *args)
 
 
 def _part(gf: Path, out: Path, part: str) -> None:

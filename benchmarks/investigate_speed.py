@@ -7,6 +7,8 @@
     python benchmarks/investigate_speed.py overhead  [--rows 16]                  one decode step: bridge vs raw HF
     python benchmarks/investigate_speed.py memory    [--rows 48]                  peak RSS per stage (subprocesses)
     python benchmarks/investigate_speed.py batching  [--window 256]               rollout 16 rows vs 128 rows
+    python benchmarks/investigate_speed.py curve     [--doses 112]                the calibration statistic vs the
+                                                                                   dose, and the solver replayed on it
     python benchmarks/investigate_speed.py all
 
 Times are CPU seconds of this process (time.process_time; one torch thread), which stay steady when other jobs
@@ -583,15 +585,92 @@ def cmd_zoo(args):
             del m
 
 
+def cmd_curve(args):
+    """The calibration statistic as a function of the dose on issue 13's workload (8 calibration prompts, window
+    `--window`), measured at `--doses` doses (geometric over 0.25..8 plus a dense grid over 1.28..1.46, 16 doses per
+    batched rollout), then `calibrate.solve` replayed on it (log-log interpolation between the measured doses) from
+    several starting doses, sequential and fans of 2-5 per round, with the measured cost of a round (decode at
+    batch 8 k plus the KL pass): how many doses the tolerance demands, whatever the solver. `--curve-json` keeps the
+    measured curve (and reuses it when the file exists)."""
+    import importlib
+    import math
+    import warnings
+
+    import numpy as np
+
+    cm = importlib.import_module("tl_isokl.calibrate")
+    path = Path(args.curve_json) if args.curve_json else None
+    if path is not None and path.is_file():
+        curve = {float(c): v for c, v in json.loads(path.read_text()).items()}
+    else:
+        import tl_isokl as ik
+        from tl_isokl.kl import per_token_kl
+        from tl_isokl.rollout import grid, rollout
+        from tl_isokl.statistics import statistic
+
+        model, vec = setup()
+        _, cal = ik.default_prompts(model, "calibration")
+        cal = cal[:8]
+        n_geo = max(2, args.doses // 3)
+        doses = sorted(set([float(x) for x in np.geomspace(0.25, 8, n_geo)]
+                           + [float(x) for x in np.linspace(1.28, 1.46, args.doses - n_geo)]))
+        stat = statistic("p95")
+        curve = {}
+        for i in range(0, len(doses), 16):
+            cs = doses[i: i + 16]
+            P, C, I = grid(cal, cs, [str(j) for j in range(len(cal))])
+            rolls, finals = rollout(model, vec, P, C, prompt_ids=I, window=args.window, batch_size=128,
+                                    return_final=True)
+            kls = per_token_kl(model, vec, rolls, batch_size=32, final=finals)
+            for k, c in enumerate(cs):
+                curve[c] = float(stat(np.concatenate(kls[k * len(cal): (k + 1) * len(cal)])))
+        if path is not None:
+            path.write_text(json.dumps({str(c): v for c, v in curve.items()}))
+    cs = np.array(sorted(curve))
+    vs = np.array([curve[c] for c in cs])
+    inside = cs[np.abs(vs - 1.0) <= 0.05]
+    print(f"p95 of pooled KL over {len(cs)} doses; doses within +-5% of 1 nat: "
+          + (f"{len(inside)}, c in [{inside.min():.4f}, {inside.max():.4f}]" if len(inside) else "none"))
+    jumps = [(cs[i], vs[i], cs[i + 1], vs[i + 1]) for i in range(len(cs) - 1)
+             if vs[i] < 1.0 <= vs[i + 1]]
+    for a, va, b, vb in jumps[:3]:
+        print(f"  crosses 1 nat between c = {a:.4f} (p95 {va:.3f}) and c = {b:.4f} (p95 {vb:.3f})")
+
+    def f(c):
+        return float(np.exp(np.interp(math.log(c), np.log(cs), np.log(np.maximum(vs, 1e-9)))))
+
+    a, b = args.round_cost  # seconds of one round: a + b x doses (decode at batch 8 x doses + its KL pass)
+    print(f"solver replayed on the curve (round cost {a:g} + {b:g} x doses s):")
+    print(f"  {'c_init':>6}  " + "  ".join(f"{name:>16}" for name in ("sequential", "fan 2", "fan 3", "fan 5")))
+    for c0 in (0.3, 0.5, 1.0, 2.0, 3.0):
+        cells = []
+        for k in (1, 2, 3, 5):
+            log = []
+
+            def ev(dd, rnd):
+                log.append(len(dd))
+                return [f(c) for c in dd]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                cm.solve(ev, target=1.0, tol=0.05, c_init=c0, candidates=k)
+            cells.append(f"{sum(log):2d} doses {sum(a + b * n for n in log):5.1f} s")
+        print(f"  {c0:6.2f}  " + "  ".join(f"{x:>16}" for x in cells))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("what", choices=("profile", "native", "zoo", "overhead", "memory", "batching", "all"))
+    ap.add_argument("what", choices=("profile", "native", "zoo", "overhead", "memory", "batching", "curve", "all"))
     ap.add_argument("--rows", type=int, default=16)
     ap.add_argument("--window", type=int, default=256)
     ap.add_argument("--steps", type=int, default=64, help="decode steps timed by `overhead`")
     ap.add_argument("--native", action="store_true", help="profile with native attention (off: TL's eager)")
     ap.add_argument("--fastpath", action="store_true", help="profile with the bridge fast path")
     ap.add_argument("--top", type=int, default=0, help="also print the top N functions by tottime")
+    ap.add_argument("--doses", type=int, default=112, help="doses measured by `curve`")
+    ap.add_argument("--curve-json", help="`curve`: keep the measured curve here (reused when it exists)")
+    ap.add_argument("--round-cost", type=float, nargs=2, default=(1.21, 0.56), metavar=("A", "B"),
+                    help="`curve`: seconds of a calibration round = A + B x doses (measured: decode at batch 8, 16, "
+                         "24 and the KL pass)")
     args = ap.parse_args(argv)
     todo = ("profile", "native", "zoo", "overhead", "batching", "memory") if args.what == "all" else (args.what,)
     for w in todo:
