@@ -7,7 +7,7 @@
     python benchmarks/investigate_speed.py overhead  [--rows 16]                  one decode step: bridge vs raw HF
     python benchmarks/investigate_speed.py memory    [--rows 48]                  peak RSS per stage (subprocesses)
     python benchmarks/investigate_speed.py batching  [--window 256]               rollout 16 rows vs 128 rows
-    python benchmarks/investigate_speed.py curve     [--doses 112]                the calibration statistic vs the
+    python benchmarks/investigate_speed.py curve     [--curve-json F]             the calibration statistic vs the
                                                                                    dose, and the solver replayed on it
     python benchmarks/investigate_speed.py all
 
@@ -587,8 +587,8 @@ def cmd_zoo(args):
 
 def cmd_curve(args):
     """The calibration statistic as a function of the dose on issue 13's workload (8 calibration prompts, window
-    `--window`), measured at `--doses` doses (geometric over 0.25..8 plus a dense grid over 1.28..1.46, 16 doses per
-    batched rollout), then `calibrate.solve` replayed on it (log-log interpolation between the measured doses) from
+    `--window`), measured at 121 doses (48 geometric over 0.25..8, 73 every 0.0025 over 1.28..1.46; 16 doses per
+    batched rollout, ~70 s), then `calibrate.solve` replayed on it (log-log interpolation between the measured doses) from
     several starting doses, sequential and fans of 2-5 per round, with the measured cost of a round (decode at
     batch 8 k plus the KL pass): how many doses the tolerance demands, whatever the solver. `--curve-json` keeps the
     measured curve (and reuses it when the file exists)."""
@@ -611,9 +611,8 @@ def cmd_curve(args):
         model, vec = setup()
         _, cal = ik.default_prompts(model, "calibration")
         cal = cal[:8]
-        n_geo = max(2, args.doses // 3)
-        doses = sorted(set([float(x) for x in np.geomspace(0.25, 8, n_geo)]
-                           + [float(x) for x in np.linspace(1.28, 1.46, args.doses - n_geo)]))
+        doses = sorted(set([float(x) for x in np.geomspace(0.25, 8, 48)]
+                           + [float(x) for x in np.linspace(1.28, 1.46, 73)]))  # 121 doses
         stat = statistic("p95")
         curve = {}
         for i in range(0, len(doses), 16):
@@ -668,7 +667,6 @@ def main(argv=None):
     ap.add_argument("--native", action="store_true", help="profile with native attention (off: TL's eager)")
     ap.add_argument("--fastpath", action="store_true", help="profile with the bridge fast path")
     ap.add_argument("--top", type=int, default=0, help="also print the top N functions by tottime")
-    ap.add_argument("--doses", type=int, default=112, help="doses measured by `curve`")
     ap.add_argument("--curve-json", help="`curve`: keep the measured curve here (reused when it exists)")
     ap.add_argument("--round-cost", type=float, nargs=2, default=(1.21, 0.56), metavar=("A", "B"),
                     help="`curve`: seconds of a calibration round = A + B x doses (measured: decode at batch 8, 16, "
