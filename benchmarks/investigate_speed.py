@@ -588,10 +588,14 @@ def cmd_zoo(args):
 def cmd_curve(args):
     """The calibration statistic as a function of the dose on issue 13's workload (8 calibration prompts, window
     `--window`), measured at 121 doses (48 geometric over 0.25..8, 73 every 0.0025 over 1.28..1.46; 16 doses per
-    batched rollout, ~70 s), then `calibrate.solve` replayed on it (log-log interpolation between the measured doses) from
-    several starting doses, sequential and fans of 2-5 per round, with the measured cost of a round (decode at
-    batch 8 k plus the KL pass): how many doses the tolerance demands, whatever the solver. `--curve-json` keeps the
-    measured curve (and reuses it when the file exists)."""
+    batched rollout, ~70 s), then `calibrate.solve` replayed on it (log-log interpolation between the measured
+    doses) from several starting doses: sequential, fans of 2-5 per round, and sequential with the exact early stop
+    (not in the library): a dose is settled as soon as more than 5% of the largest possible pool (rows x window) is
+    above target x (1 + tol), which proves its p95 above the tolerance whatever the remaining tokens are (np.percentile
+    interpolates between order statistics: p95 >= x[floor((N - 1) 0.95)]); the solver then gets the p95 of the
+    tokens so far, at least that bound, and the dose costs the share of the window decoded. Each round costs the
+    measured `--round-cost` (decode at batch 8 x doses plus the KL pass). `--curve-json` keeps the measured curve
+    with its per-token KL (reused when the file exists)."""
     import importlib
     import math
     import warnings
@@ -606,14 +610,12 @@ def cmd_curve(args):
         import tl_isokl as ik
         from tl_isokl.kl import per_token_kl
         from tl_isokl.rollout import grid, rollout
-        from tl_isokl.statistics import statistic
 
         model, vec = setup()
         _, cal = ik.default_prompts(model, "calibration")
         cal = cal[:8]
         doses = sorted(set([float(x) for x in np.geomspace(0.25, 8, 48)]
                            + [float(x) for x in np.linspace(1.28, 1.46, 73)]))  # 121 doses
-        stat = statistic("p95")
         curve = {}
         for i in range(0, len(doses), 16):
             cs = doses[i: i + 16]
@@ -622,18 +624,33 @@ def cmd_curve(args):
                                     return_final=True)
             kls = per_token_kl(model, vec, rolls, batch_size=32, final=finals)
             for k, c in enumerate(cs):
-                curve[c] = float(stat(np.concatenate(kls[k * len(cal): (k + 1) * len(cal)])))
+                per = kls[k * len(cal): (k + 1) * len(cal)]
+                curve[c] = {"p95": float(np.percentile(np.concatenate(per), 95)), "kl": [x.tolist() for x in per]}
         if path is not None:
             path.write_text(json.dumps({str(c): v for c, v in curve.items()}))
     cs = np.array(sorted(curve))
-    vs = np.array([curve[c] for c in cs])
+    vs = np.array([curve[c]["p95"] for c in cs])
     inside = cs[np.abs(vs - 1.0) <= 0.05]
     print(f"p95 of pooled KL over {len(cs)} doses; doses within +-5% of 1 nat: "
           + (f"{len(inside)}, c in [{inside.min():.4f}, {inside.max():.4f}]" if len(inside) else "none"))
-    jumps = [(cs[i], vs[i], cs[i + 1], vs[i + 1]) for i in range(len(cs) - 1)
-             if vs[i] < 1.0 <= vs[i + 1]]
-    for a, va, b, vb in jumps[:3]:
-        print(f"  crosses 1 nat between c = {a:.4f} (p95 {va:.3f}) and c = {b:.4f} (p95 {vb:.3f})")
+    for i in [i for i in range(len(cs) - 1) if vs[i] < 1.0 <= vs[i + 1]][:3]:
+        print(f"  crosses 1 nat between c = {cs[i]:.4f} (p95 {vs[i]:.3f}) and c = {cs[i + 1]:.4f} (p95 {vs[i + 1]:.3f})")
+
+    # the early stop, per measured dose: (tokens per row decoded when settled, p95 of those tokens)
+    bound = 1.05
+    settled = {}
+    for c in cs:
+        kl = [np.asarray(x) for x in curve[c]["kl"]]
+        n_max = len(kl) * args.window
+        need = n_max - math.floor((n_max - 1) * 0.95)  # this many tokens above the bound prove p95 above it
+        for t in range(1, args.window + 1):
+            if sum(int((x[:t] > bound).sum()) for x in kl) >= need:
+                settled[c] = (t, float(np.percentile(np.concatenate([x[:t] for x in kl]), 95)))
+                break
+    print(f"early stop: {len(settled)} of {len(cs)} doses settled above {bound} before the end of the window")
+
+    def nearest(c):
+        return cs[int(np.argmin(np.abs(np.log(cs) - math.log(c))))]
 
     def f(c):
         return float(np.exp(np.interp(math.log(c), np.log(cs), np.log(np.maximum(vs, 1e-9)))))
@@ -641,20 +658,30 @@ def cmd_curve(args):
     a, b = args.round_cost  # seconds of one round: a + b x doses (decode at batch 8 x doses + its KL pass)
     print(f"solver replayed on the curve (round cost {a:g} + {b:g} x doses s; failed = not within 5% after the "
           f"default rounds, 16 sequential / 6 fan):")
-    print(f"  {'c_init':>6}  " + "  ".join(f"{name:>16}" for name in ("sequential", "fan 2", "fan 3", "fan 5")))
+    names = ("sequential", "fan 2", "fan 3", "fan 5", "seq. early stop")
+    print(f"  {'c_init':>6}  " + "  ".join(f"{name:>16}" for name in names))
     for c0 in (0.3, 0.5, 1.0, 2.0, 3.0):
         cells = []
-        for k in (1, 2, 3, 5):
-            log = []
+        for k, early in ((1, False), (2, False), (3, False), (5, False), (1, True)):
+            log, cost = [], [0.0]
 
             def ev(dd, rnd):
                 log.append(len(dd))
-                return [f(c) for c in dd]
+                out, shares = [], []
+                for c in dd:
+                    v, share = f(c), 1.0
+                    if early and nearest(c) in settled and v > bound:
+                        t, part = settled[nearest(c)]
+                        v, share = max(part, bound), t / args.window
+                    out.append(v)
+                    shares.append(share)
+                cost[0] += a * max(shares) + b * sum(shares)  # the round decodes as long as its longest dose
+                return out
+
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 _, _, ok = cm.solve(ev, target=1.0, tol=0.05, c_init=c0, candidates=k)
-            cells.append(f"{sum(log):2d} doses {sum(a + b * n for n in log):5.1f} s" if ok else
-                         f"{sum(log):2d} doses: failed")
+            cells.append(f"{sum(log):2d} doses {cost[0]:5.1f} s" if ok else f"{sum(log):2d} doses: failed")
         print(f"  {c0:6.2f}  " + "  ".join(f"{x:>16}" for x in cells))
 
 
