@@ -52,3 +52,12 @@ def synthetic_run(tmp_path):
     from helpers_runs import make_run
 
     return make_run(tmp_path / "run")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local 2-CPU Ray cluster for one test module (skipped without Ray), shut down after it."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'tl-isokl[ray]')")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

@@ -23,14 +23,6 @@ def files(tmp_path_factory, splits):
     return d
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'tl-isokl[ray]')")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 def same_run(a, b, alphas):
     """The files a sweep computes are byte-identical; calibration.json up to the solver's wall time; the manifests
     record the same run identity, and the Ray one its engine."""

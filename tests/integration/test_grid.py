@@ -226,14 +226,6 @@ def test_a_failed_sweep_cell_is_one_error_and_resumes(grid_file, session_model, 
     assert run.manifest["alphas"] == [0.0, 2.0] and not (tmp_path / "run" / ".grid" / "failed.json").exists()
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'tl-isokl[ray]')")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 def test_ray_engine_gives_the_local_files(local_ray, reference, grid_file, tmp_path):
     res = G.run_grid(G.parse_grid(grid_file), tmp_path, engine="ray", cpus_per_cell=1)
     assert not res.failed and res.computed == 6
