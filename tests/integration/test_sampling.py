@@ -53,5 +53,5 @@ def test_sweep_with_samples_per_prompt(model, vec, prompts, tmp_path):
     assert run.manifest["sampling"] == {"temperature": 1.0, "top_p": 1.0, "seed": 5}
     assert run.manifest["identity"]["sampling"]["seed"] == 5
     assert all(torch.tensor(t.kl).max() > 0 for t in run.by_alpha()[1.0])
-    with pytest.raises(Exception, match="samples_per_prompt"):
+    with pytest.raises(Exception, match="samples_per_prompt"), pytest.warns(Warning, match="records no identity"):
         sweep(model, vec, cal, prompts[:2], tmp_path / "g", alphas=(0.0,), window=4, samples_per_prompt=2)
