@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from tl_isokl_cli.common import (Progress, check_concept, engine_from, engine_options, model_options,
-                                 positions_option, probe_options, quiet_option, talker, unescape)
+                                 positions_option, probe_options, quiet_option, refuse_unused, talker, unescape)
 from tl_isokl_cli.main import friendly_errors
 
 
@@ -34,7 +34,11 @@ def _check_stats(ctx, param, value):
               help="POS/NEG contrastive sets every spec is extracted from.")
 @positions_option
 @click.option("--window", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option("--alphas", default="0,0.5,1,2,4", show_default=True, help="Doses in units of each spec's c*.")
+@click.option("--alphas", default="0,0.5,1,2,4", show_default=True,
+              help="Doses in units of each spec's c*; a negative alpha steers along -v.")
+@click.option("--two-sided", is_flag=True,
+              help="Also calibrate -v of every spec; negative alphas are then doses of its own c* (iso-KL on both "
+                   "sides: a direction and its opposite need not cost the same KL).")
 @click.option("--threshold", type=click.FloatRange(0, 1, min_open=True), default=0.75, show_default=True)
 @click.option("--target-kl", "target", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
 @click.option("--stat", "stats", multiple=True, default=("p95",), show_default=True, callback=_check_stats,
@@ -61,9 +65,9 @@ def _check_stats(ctx, param, value):
 @quiet_option
 @friendly_errors
 def command(specs, no_null, model_name, dtype, device, revision, layer, concept, positions, window, alphas,
-            threshold, target, stats, tol, prompts_path, cal_prompts_path, batch_size, seed, out, fresh, probe_preset,
-            probe_file, probe_prefill, probe_true, probe_false, probe_think_close, skip_preflight, chat_template,
-            no_figures, effect_words, engine, address, gpus_per_cell, cpus_per_cell, retries, quiet):
+            two_sided, threshold, target, stats, tol, prompts_path, cal_prompts_path, batch_size, seed, out, fresh,
+            probe_preset, probe_file, probe_prefill, probe_true, probe_false, probe_think_close, skip_preflight,
+            chat_template, no_figures, effect_words, engine, address, gpus_per_cell, cpus_per_cell, retries, quiet):
     """Give every spec the same KL budget (each calibrated to --target-kl of --stat on the same prompts), sweep
     them on the same held-out prompts, and tabulate what the budget bought: held-out KL, survival, median death,
     the concept effect, log-rank p against the null and mean_diff. Writes OUT/compare.md and OUT/compare.csv.
@@ -77,7 +81,9 @@ def command(specs, no_null, model_name, dtype, device, revision, layer, concept,
     from tl_isokl.sweep import parse_alphas
 
     how = engine_from(engine, address, gpus_per_cell, cpus_per_cell, retries)
-    parse_alphas(alphas)
+    alpha_list = parse_alphas(alphas)  # a bad --alphas fails before the model loads
+    if two_sided and not any(a < 0 for a in alpha_list):
+        refuse_unused(["--two-sided"], f"without a negative alpha in --alphas {alphas} (it calibrates -v for them)")
     check_concept(concept)
     parsed = specs_with_null(specs or ("mean_diff", "pca", "directional_ablation"), null=not no_null)
     settings = ExperimentSettings(
@@ -87,7 +93,7 @@ def command(specs, no_null, model_name, dtype, device, revision, layer, concept,
         fresh=fresh, alphas=alphas, threshold=threshold, figures=not no_figures, probe_preset=probe_preset,
         probe_file=probe_file, probe_prefill=unescape(probe_prefill), probe_true=tuple(map(unescape, probe_true)),
         probe_false=tuple(map(unescape, probe_false)), probe_think_close=unescape(probe_think_close),
-        skip_preflight=skip_preflight, chat_template=chat_template)
+        skip_preflight=skip_preflight, chat_template=chat_template, two_sided=two_sided)
     prog = Progress(enabled=not quiet)
     words = None
     if effect_words:

@@ -287,6 +287,7 @@ def compare_rows(runs: dict[str, Any], *, threshold: float | None = None,
     rows = []
     for name, run in runs.items():
         cal = run.calibration or {}
+        c_neg = (run.manifest.get("identity") or {}).get("c_star_neg")  # two-sided: -v's own c*
         per = [c for c in cal.get("per_prompt_c_star") or [] if c is not None]
         window = int(run.window)
         for a, ts in run.by_alpha().items():
@@ -294,9 +295,10 @@ def compare_rows(runs: dict[str, Any], *, threshold: float | None = None,
             km = kaplan_meier(fs, alpha=a)
             lo, hi = _band_at(km, window)
             kl = summarize(np.concatenate([np.asarray(t.kl, float) for t in ts]) if ts else np.zeros(0))
+            c_star = c_neg if (a < 0 and c_neg is not None) else cal.get("c_star")  # the dose unit of this alpha
             row: dict[str, Any] = {
-                "spec": name, "stat": cal.get("stat"), "alpha": a, "c_star": cal.get("c_star"),
-                "coeff": a * float(cal.get("c_star", math.nan)),
+                "spec": name, "stat": cal.get("stat"), "alpha": a, "c_star": c_star,
+                "coeff": a * float(c_star if c_star is not None else math.nan),
                 "c_prompt_min": min(per) if per else None, "c_prompt_median": float(np.median(per)) if per else None,
                 "c_prompt_max": max(per) if per else None,
                 "kl_p50": kl.get("p50"), "kl_p95": kl.get("p95"), "kl_max": kl.get("max"),
@@ -351,7 +353,10 @@ def write_compare(out: str | Path, specs: Sequence[Spec], stats: Sequence[str], 
     atomic_write_json(out / COMPARE_JSON, {"specs": [s.name for s in specs], "stats": list(stats),
                                            "request": request, "rows": all_rows})
     figs = draw_compare_figures(out, all_rows, runs_by_stat[stats[0]], stats[0])
-    atomic_write_text(out / COMPARE_MD, compare_markdown(all_rows, specs, stats, figs, out=out))
+    two_sided = any((r.manifest.get("identity") or {}).get("c_star_neg") is not None
+                    for runs in runs_by_stat.values() for r in runs.values())
+    atomic_write_text(out / COMPARE_MD, compare_markdown(all_rows, specs, stats, figs, out=out,
+                                                         two_sided=two_sided))
     return {"rows": all_rows, "figures": figs}
 
 
@@ -406,7 +411,7 @@ P_NOTE = ("`p_vs_random` / `p_vs_mean_diff`: two-sided log-rank p of the surviva
 
 
 def compare_markdown(rows: Sequence[dict[str, Any]], specs: Sequence[Spec], stats: Sequence[str],
-                     figures: Sequence[Path] = (), *, out: str | Path | None = None) -> str:
+                     figures: Sequence[Path] = (), *, out: str | Path | None = None, two_sided: bool = False) -> str:
     """compare.md: one table per calibration statistic, what the columns mean, the figures (linked relative to
     `out`, where compare.md lives, so the folder can move)."""
     from tl_isokl.report import markdown_table
@@ -434,9 +439,13 @@ def compare_markdown(rows: Sequence[dict[str, Any]], specs: Sequence[Spec], stat
              "relative to the same prompt at alpha 0; mean and bootstrap interval over prompts (model-free).",
              f"- {P_NOTE}",
              "- compare.csv has every column; there an empty cell is `—` and `nan` is `n/a`.", ""]
-    if any(r["alpha"] < 0 for r in rows):
+    if any(r["alpha"] < 0 for r in rows) and two_sided:
+        parts[-1:-1] = ["- A negative alpha steers along -v at |alpha| x c*(-v), the dose calibrated for -v itself "
+                        "(`--two-sided`; its `c_star` column): iso-KL doses on both sides."]
+    elif any(r["alpha"] < 0 for r in rows):
         parts[-1:-1] = ["- A negative alpha steers along -v at |alpha| x c*, the dose calibrated for +v: -v need not "
-                        "cost the same KL (compare `kl_p95` at -1 and 1), so negative alphas are not iso-KL doses."]
+                        "cost the same KL (compare `kl_p95` at -1 and 1), so negative alphas are not iso-KL doses; "
+                        "`--two-sided` calibrates -v for them."]
     for stat in stats:
         sub = [r for r in rows if r.get("stat") == stat] or list(rows)
         parts += [f"## Target: {stat} KL", "", markdown_table(sub, [c for c in cols if any(c in r for r in sub)]),

@@ -32,6 +32,7 @@ def test_bad_spec_is_one_line_before_the_model(spec, needles, no_model, tmp_path
     (["--alphas", "0,x"], ["comma-separated"]),
     (["--stat", "p200"], ["unknown statistic 'p200'"]),
     (["--concept", "cheerful"], ["POS/NEG"]),
+    (["--two-sided", "--alphas", "0,1"], ["--two-sided has no effect", "negative alpha"]),
 ])
 def test_bad_flags_are_one_line_before_the_model(args, needles, no_model, tmp_path):
     r = invoke("compare", *args, "--out", tmp_path / "c")
@@ -48,7 +49,7 @@ def test_bad_out_is_one_line_before_the_model(no_model, synthetic_run, tmp_path)
 def test_help_lists_the_options():
     r = invoke("compare", "--help")
     assert r.exit_code == 0
-    for opt in ("--spec", "--no-null", "--stat", "--target-kl", "--alphas", "--window", "--prompts",
+    for opt in ("--spec", "--no-null", "--stat", "--target-kl", "--alphas", "--two-sided", "--window", "--prompts",
                 "--calibration-prompts", "--out", "--fresh", "--no-figures", "--probe-preset", "METHOD[+GATE[:TAU]]"):
         assert opt in r.output, opt
 
@@ -97,3 +98,39 @@ def test_tiny_compare_resume_refuse_fresh(model, files, tmp_path):
         assert "--fresh: removed" in r.output and "calibrating" in r.output
     assert json.loads((out / "mean_diff" / "calibration.json").read_text())["window"] == 16
     assert json.loads((out / "compare.json").read_text())["request"]["window"] == 16
+
+
+def test_two_sided_negative_alphas_are_doses_of_minus_v(model, files, tmp_path):
+    """--two-sided: each spec calibrates -v too; a negative alpha's row takes -v's own c* (read back from the spec's
+    calibration_neg.json) and equals the coefficient its trajectories were steered at; compare.md says iso-KL.
+    Without it, the row is in units of +v's c* and the note says negative alphas are not iso-KL doses."""
+    import csv
+
+    from tl_isokl.rundir import RunDir
+
+    base = ["compare", "--alphas", "-1,0,1", "--prompts", files / "held.txt", "--calibration-prompts",
+            files / "cal.txt", "--no-null", "--no-figures", "--window", "8", "--spec", "mean_diff"]
+    with pytest.MonkeyPatch.context() as mp:
+        patch_loaders(mp, lambda *a, **k: model)
+        r = invoke(*base, "--two-sided", "--out", tmp_path / "two")
+        assert r.exit_code == 0, r.output
+        r = invoke(*base, "--out", tmp_path / "one")
+        assert r.exit_code == 0, r.output
+    for kind in ("two", "one"):
+        out = tmp_path / kind
+        rows = {float(r["alpha"]): r for r in csv.DictReader((out / "compare.csv").open())}
+        pos = json.loads((out / "mean_diff" / "calibration.json").read_text())["c_star"]
+        neg_file = out / "mean_diff" / "calibration_neg.json"
+        assert neg_file.is_file() == (kind == "two")
+        want = json.loads(neg_file.read_text())["c_star"] if kind == "two" else pos
+        if kind == "two":
+            assert abs(want / pos - 1) > 1e-3  # -v costs another dose than +v here: the test can tell them apart
+        assert float(rows[-1.0]["c_star"]) == pytest.approx(want, rel=1e-6)
+        assert float(rows[1.0]["c_star"]) == pytest.approx(pos, rel=1e-6)
+        run = RunDir(out / "mean_diff").load()
+        steered = {t.coeff for t in run.by_alpha()[-1.0]}
+        assert len(steered) == 1 and float(rows[-1.0]["coeff"]) == pytest.approx(steered.pop(), rel=1e-6)
+        md = (out / "compare.md").read_text()
+        assert ("iso-KL doses on both sides" in md) == (kind == "two")
+        assert ("not iso-KL doses" in md) == (kind == "one")
+    assert json.loads((tmp_path / "two" / "compare.json").read_text())["request"].get("two_sided") is True
