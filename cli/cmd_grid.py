@@ -17,7 +17,8 @@ from tl_isokl_cli.main import friendly_errors
                    "w<window>-<hash>), bookkeeping in DIR/.grid/. Rerun to resume.")
 @engine_options
 @click.option("--status", "status_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              metavar="DIR", help="Print done / pending / failed per experiment of grid folder DIR, run nothing.")
+              metavar="DIR", help="Print done / pending / failed per experiment of grid folder DIR (or of a run made "
+                                  "by sweep/compare --engine), run nothing.")
 @friendly_errors
 def command(grid_file, out, engine, address, gpus_per_cell, cpus_per_cell, retries, status_dir):
     """Run every experiment of GRID.toml (the product of its axes: model, spec, layer, window, target, stat,

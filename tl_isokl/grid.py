@@ -869,25 +869,49 @@ def run_sweep(s, engine: Engine | str, *, echo: Echo = lambda _: None, warn: Ech
 # ------------------------------------------------------------------------------------------------ status
 
 
+def _experiments(out: Path) -> list[tuple[str, Path, Path, list[float] | None, dict]]:
+    """(name, run directory, bookkeeping folder, planned alphas or None, axes) of every experiment under `out`:
+    from DIR/grid.json (`tl-isokl grid`), else from the bookkeeping of `sweep --engine ray` (RUN/.grid/) or
+    `compare --engine ray` (OUT/.grid/<spec>/), whose alphas are known once the calibrate cell wrote its plan."""
+    from tl_isokl.files import read_json
+
+    if (out / GRID_JSON).is_file():
+        index = read_json(out / GRID_JSON, kind=dict)
+        return [(name, out / name, out / STATE_DIR / name, [float(a) for a in info.get("alphas", [])],
+                 info.get("axes", {})) for name, info in sorted(index.get("experiments", {}).items())]
+    state = out / STATE_DIR
+    if not state.is_dir():
+        raise GridError(f"{out} is not a grid folder (no {GRID_JSON}) nor a sweep or compare run made with --engine "
+                        f"(no {STATE_DIR}/); pass the --out DIR of `tl-isokl grid`, `sweep --engine` or `compare "
+                        f"--engine`")
+
+    def is_state(d: Path) -> bool:
+        return (d / PLAN).is_file() or (d / FAILED).is_file() or any(d.glob("*.lock"))
+
+    found = [(out.name, out, state)] if is_state(state) else \
+        [(d.relative_to(state).as_posix(), out / d.relative_to(state), d)
+         for d in sorted(p for p in state.rglob("*") if p.is_dir() and p.name != "shards" and is_state(p))]
+    rows = []
+    for name, run_dir, d in found:
+        plan = read_plan(d)
+        rows.append((name, run_dir, d, [float(a) for a in plan["alphas"]] if plan and "alphas" in plan else None,
+                     {}))
+    return rows
+
+
 def status(out: str | Path) -> list[dict[str, Any]]:
-    """Per experiment of DIR/grid.json: state (done / failed / pending), alpha cells written of planned, whether
-    calibrated, and the last failure."""
+    """Per experiment of a grid folder, or of a sweep / compare run with --engine ray (`_experiments`): state
+    (done / failed / pending), alpha cells written of planned, whether calibrated, and the last failure."""
     from tl_isokl.files import read_json
     from tl_isokl.rundir import RunDir
 
-    out = Path(out)
-    index_path = out / GRID_JSON
-    if not index_path.is_file():
-        raise GridError(f"{out} is not a grid folder (no {GRID_JSON}); pass the --out DIR of `tl-isokl grid`")
-    index = read_json(index_path, kind=dict)
     rows = []
-    for name, info in sorted(index.get("experiments", {}).items()):
-        rd = RunDir(out / name)
-        state_dir = out / STATE_DIR / name
-        alphas = [float(a) for a in info.get("alphas", [])]
-        have = sum(rd.has_cell(a) for a in alphas)
+    for name, run_dir, state_dir, alphas, axes in _experiments(Path(out)):
+        rd = RunDir(run_dir)
+        planned = alphas or []
+        have = sum(rd.has_cell(a) for a in planned)
         merged = False
-        if (state_dir / MERGED).is_file() and rd.summary_path.is_file():
+        if alphas is not None and (state_dir / MERGED).is_file() and rd.summary_path.is_file():
             try:
                 merged = [float(a) for a in read_json(state_dir / MERGED, kind=dict).get("alphas", [])] == alphas
             except IsoKLError:
@@ -895,8 +919,8 @@ def status(out: str | Path) -> list[dict[str, Any]]:
         failed = read_json(state_dir / FAILED, kind=dict) if (state_dir / FAILED).is_file() else None
         state = "done" if merged else "failed" if failed else "pending"
         rows.append({"experiment": name, "state": state, "calibrated": rd.calibration_path.is_file(),
-                     "cells": have, "alphas": len(alphas), "merged": merged, "axes": info.get("axes", {}),
-                     "error": None if failed is None else f"{failed.get('cell')}: {failed.get('error')}"})
+                     "cells": have, "alphas": len(planned) if alphas is not None else "?", "merged": merged,
+                     "axes": axes, "error": None if failed is None else f"{failed.get('cell')}: {failed.get('error')}"})
     return rows
 
 

@@ -53,6 +53,8 @@ def test_sweep_on_ray_writes_the_local_files(local_ray, reuse_model, files, tmp_
     same_run(tmp_path / "local", tmp_path / "ray", ("0", "2"))
     assert (tmp_path / "ray" / "report.md").is_file() and (tmp_path / "ray" / "figures" / "survival.png").is_file()
     assert invoke("report", tmp_path / "ray").exit_code == 0  # an ordinary run directory
+    status = invoke("grid", "--status", tmp_path / "ray")  # a sweep's own cells: RUN/.grid/
+    assert status.exit_code == 0 and "done     cal=yes cells 2/2  ray" in status.output, status.output
     again = invoke(*args, "--engine", "ray", "--out", tmp_path / "ray")  # resume: every cell is done
     assert again.exit_code == 0 and "done in" not in again.output and "already done" in again.output, again.output
 
@@ -70,6 +72,9 @@ def test_compare_on_ray_writes_the_local_files(local_ray, reuse_model, files, tm
         same_run(tmp_path / "local" / spec, tmp_path / "ray" / spec, ("0", "1"))
     for f in ("compare.csv", "compare.md", "compare.json"):
         assert filecmp.cmp(tmp_path / "local" / f, tmp_path / "ray" / f, shallow=False), f
+    status = invoke("grid", "--status", tmp_path / "ray")  # compare's cells: OUT/.grid/<spec>/
+    assert status.exit_code == 0 and "2 experiments: 2 done, 0 pending, 0 failed" in status.output, status.output
+    assert "cells 2/2  mean_diff" in status.output and "cells 2/2  random" in status.output
 
 
 @pytest.mark.parametrize("args, code, needles", [

@@ -219,11 +219,15 @@ def test_a_failed_sweep_cell_is_one_error_and_resumes(grid_file, session_model, 
     monkeypatch.setattr(G, "compute_cell", flaky)
     with pytest.raises(IsoKLError, match=r"^run: its sweep cell failed: disk full \(simulated\); fix it and rerun"):
         G.run_sweep(replace(s, out=tmp_path / "run"), "local")
+    (row,) = G.status(tmp_path / "run")  # `grid --status RUN` reads a sweep's own bookkeeping (RUN/.grid/)
+    assert (row["experiment"], row["state"], row["calibrated"], row["cells"], row["alphas"]) == \
+        ("run", "failed", True, 0, 2) and "disk full" in row["error"]
     calls = []
     monkeypatch.setattr(G, "compute_cell", lambda cell, model: calls.append(cell.kind) or real(cell, model))
     run = G.run_sweep(replace(s, out=tmp_path / "run"), G.Engine.of("local"))
     assert calls == ["sweep", "merge"]  # the calibration is kept
     assert run.manifest["alphas"] == [0.0, 2.0] and not (tmp_path / "run" / ".grid" / "failed.json").exists()
+    assert [(r["state"], r["cells"], r["alphas"]) for r in G.status(tmp_path / "run")] == [("done", 2, 2)]
 
 
 def test_ray_engine_gives_the_local_files(local_ray, reference, grid_file, tmp_path):
