@@ -172,7 +172,7 @@ def _fast_linear(self, input, *args, **kwargs):
 
 
 def _fast_block(self, *args, **kwargs):
-    """BlockBridge running its bare layer (`_bare_layer`) while only its hook_out (resid_post) may be hooked: the
+    """BlockBridge running its bare layer (`_BareLayer`) while only its hook_out (resid_post) may be hooked: the
     wrapped HF decoder layer computes with its own HF submodules, skipping ~a dozen bridge components per layer, and
     hook_out fires on the result exactly as in TransformerLens's path. Anything else attached anywhere in the block
     (a HookPoint's hook, a torch hook on a component, stop/start-at-layer, a global hook) takes the original
@@ -182,25 +182,44 @@ def _fast_block(self, *args, **kwargs):
             or getattr(self, "_start_at_layer_idx", None) is not None or _global_hooks()
             or not _bare_ok(self, bare)):
         return self._tl_isokl_base.forward(self, *args, **kwargs)
-    kw = self._filter_kwargs_for_forward(kwargs, len(args))
+    kw = bare.filtered(self, kwargs, len(args))
     out = bare.layer(*args, **kw)
     return self._apply_output_hook(out, force_tuple_for_bare_tensor=self._is_standalone_hidden_state_call(args, kw))
 
 
+_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+
+
 class _BareLayer:
     """A block's HF layer rebuilt from the bridge's wrapped modules: shallow copies (parameters, buffers and torch
-    hook dicts shared, nothing copied) whose bridge children are replaced by the HF modules they wrap. `points`
-    are the block's HookPoints other than hook_out, `components` its bridge components (the block included),
-    `attns` its attention bridges: what `_bare_ok` checks per call."""
+    hook dicts shared, nothing copied) whose bridge children are replaced by the HF modules they wrap; and what
+    `_bare_ok` checks at every call, gathered once so the check is one C-level `any` (~3 us, not ~50): the torch
+    hook dicts of the block's HookPoints other than hook_out (TransformerLens's hooks are torch hooks on them) and
+    the backward ones of its components; the forward ones of its components apart (TransformerLens wires capture
+    hooks of its own there), its components (modes) and attention bridges (native or not)."""
 
     def __init__(self, block):
         from transformer_lens.hook_points import HookPoint
         from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge
 
         self.layer = _unwrapped(block)
-        self.points = [m for m in block.modules() if isinstance(m, HookPoint) and m is not block.hook_out]
+        points = [m for m in block.modules() if isinstance(m, HookPoint) and m is not block.hook_out]
         self.components = [m for m in block.modules() if _is_component(m)]
         self.attns = [m for m in self.components if isinstance(m, AttentionBridge)]
+        # torch creates these dicts once per module and edits them in place (hooks added and removed)
+        self.hooks = tuple(getattr(m, d) for m in points for d in _HOOK_DICTS) + tuple(
+            getattr(m, d) for m in self.components for d in _HOOK_DICTS[2:])
+        self.forward_hooks = tuple(getattr(m, d) for m in self.components for d in _HOOK_DICTS[:2])
+        self._kwargs: dict[tuple, tuple[str, ...]] = {}
+
+    def filtered(self, block, kwargs: dict, n_args: int) -> dict:
+        """BlockBridge's own kwargs filter (the keywords its layer's forward takes), memoised per set of keywords:
+        TransformerLens reads `inspect.signature` at every call (~18 us a block)."""
+        key = (tuple(kwargs), n_args)
+        keep = self._kwargs.get(key)
+        if keep is None:
+            keep = self._kwargs[key] = tuple(block._filter_kwargs_for_forward(kwargs, n_args))
+        return {k: kwargs[k] for k in keep}
 
 
 def _is_component(m) -> bool:
@@ -221,15 +240,17 @@ def _bare_ok(block, bare: _BareLayer) -> bool:
     """Checked at every call, since hooks come and go with `model.hooks()` and modes can be switched: nothing but
     hook_out hooked in the block; no torch hook on its components beyond TransformerLens's own capture hooks (which
     only feed the quiet HookPoints); attention still native; no compatibility mode or processed-weight path."""
-    if not all(_quiet(hp) for hp in bare.points) or not all(_is_native(a) for a in bare.attns):
+    if any(bare.hooks):
         return False
-    own = {h.id for h in getattr(block, "_capture_hook_handles", ())}
-    for m in bare.components:
-        if (m._forward_pre_hooks.keys() - own or m._forward_hooks.keys() - own or m._backward_hooks
-                or m._backward_pre_hooks or getattr(m, "compatibility_mode", False)
-                or getattr(m, "_use_processed_weights", False)):
+    if any(bare.forward_hooks):
+        own = {h.id for h in getattr(block, "_capture_hook_handles", ())}
+        if any(d.keys() - own for d in bare.forward_hooks):
             return False
-    return True
+    for m in bare.components:  # instance flags read from __dict__: nn.Module's __getattr__ raises for a miss (slow)
+        d = m.__dict__
+        if d.get("_use_processed_weights") or d.get("compatibility_mode", getattr(type(m), "compatibility_mode", False)):
+            return False
+    return all(_is_native(a) for a in bare.attns)
 
 
 def _bare_eligible(block) -> bool:

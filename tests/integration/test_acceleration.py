@@ -387,6 +387,21 @@ def test_anything_else_attached_sends_the_block_back_through_the_bridge(model, m
     assert not inner  # removed: bare again
 
 
+def test_a_component_mode_sends_the_block_back_through_the_bridge(model, monkeypatch):
+    """Compatibility mode or processed weights on any component of the block (checked per call, from the
+    instance): the bridge's path, whose computation those modes change."""
+    q = model.blocks[0].attn.q
+    for flag in ("compatibility_mode", "_use_processed_weights"):
+        object.__setattr__(q, flag, True)
+        try:
+            _, inner = _inner_points_called(model, monkeypatch)
+        finally:
+            del q.__dict__[flag]
+        assert inner, flag
+        _, inner = _inner_points_called(model, monkeypatch)
+        assert not inner
+
+
 def test_bare_layers_follow_the_attention_mode_and_the_hooked_path(plain, monkeypatch):
     ref = logits_of(plain)
     try:
