@@ -14,7 +14,7 @@ working `blocks.{L}.hook_resid_post`, only less work. `tl_isokl.model.load_model
    hook_in/hook_out of every linear. About half of the bridge's per-step overhead over the raw HF model. And a
    block whose only hooked point is its hook_out (hook_resid_post, where steering sits) runs its "bare" HF layer
    (the HF modules the bridge wraps, without the ~dozen bridge components per layer) and fires hook_out on the
-   result: bit for bit the bridge's numbers, ~11% less time per decode step at batch 8 on the test bed.
+   result: bit for bit the bridge's numbers, ~20% less time per decode step at batch 8 on the test bed.
 3. `growing_cache()`: an HF DynamicCache that does not re-copy K/V with torch.cat at every decode step.
 
 Measured in benchmarks/README.md (levers (a), (b) and the KV cache). These belong upstream; here they are applied
