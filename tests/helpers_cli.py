@@ -1,4 +1,4 @@
-"""Assertions shared by the CLI tests."""
+"""Assertions and files shared by the CLI (and command-level integration) tests."""
 
 
 def one_line_error(r, code, *needles):
@@ -36,3 +36,10 @@ def patch_loaders(mp, fn):
     for mod in LOADERS:
         mp.setattr(importlib.import_module(mod), "load", fn)
     mp.setattr("tl_isokl.model.load_recorded_model", lambda *a, **k: fn(None, None, None))
+
+
+def write_prompts(path, questions):
+    """A .txt prompt file of `questions` (objects with `.prompt`, e.g. the test bed's splits), one a line with
+    line breaks written as the ``\\n`` escape `read_prompts` decodes; returns the path."""
+    path.write_text("".join(q.prompt.replace("\n", "\\n") + "\n" for q in questions))
+    return path

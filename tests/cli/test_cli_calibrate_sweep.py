@@ -4,6 +4,7 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from helpers_cli import write_prompts
 
 from tl_isokl_cli.main import cli
 
@@ -39,8 +40,7 @@ def test_sweep_with_a_calibration_file(runner, calibrated, tmp_path, splits):
     args = ["sweep", "--calibration", str(cal_dir / "calibration.json"), "--vector",
             str(cal_dir / "vector.safetensors"), "--window", "16", "--alphas", "0,2", "--prompts", str(cal_dir / "p.txt"),
             "--out", str(out), "--no-figures"]
-    # held-out questions, one per line, newlines escaped as \n (read_prompts decodes them)
-    (cal_dir / "p.txt").write_text("".join(q.prompt.replace("\n", "\\n") + "\n" for q in splits.heldout[:2]))
+    write_prompts(cal_dir / "p.txt", splits.heldout[:2])  # held-out questions, newlines escaped as \n
     res = runner.invoke(cli, args)
     assert res.exit_code == 0, res.output
     assert "median death" in res.output and (out / "summary.csv").is_file()

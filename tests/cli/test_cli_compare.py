@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from helpers_cli import invoke, one_line_error, patch_loaders
+from helpers_cli import invoke, one_line_error, patch_loaders, write_prompts
 
 import tl_isokl_cli.main  # noqa: F401  (first: importing a command module before it is a circular import)
 
@@ -57,9 +57,8 @@ def test_help_lists_the_options():
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, splits):
     d = tmp_path_factory.mktemp("prompts")
-    write = lambda name, qs: (d / name).write_text("".join(q.prompt.replace("\n", "\\n") + "\n" for q in qs))  # noqa
-    write("held.txt", splits.heldout[:2])
-    write("cal.txt", splits.calibration[:2])
+    write_prompts(d / "held.txt", splits.heldout[:2])
+    write_prompts(d / "cal.txt", splits.calibration[:2])
     return d
 
 

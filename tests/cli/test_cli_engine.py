@@ -9,7 +9,7 @@ import json
 import sys
 
 import pytest
-from helpers_cli import invoke, one_line_error
+from helpers_cli import invoke, one_line_error, write_prompts
 
 RUN_FILES = ("vector.safetensors", "summary.csv", "forks.csv")
 
@@ -17,9 +17,8 @@ RUN_FILES = ("vector.safetensors", "summary.csv", "forks.csv")
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, splits):
     d = tmp_path_factory.mktemp("prompts")
-    write = lambda name, qs: (d / name).write_text("".join(q.prompt.replace("\n", "\\n") + "\n" for q in qs))  # noqa
-    write("held.txt", splits.heldout[:2])
-    write("cal.txt", splits.calibration[:3])
+    write_prompts(d / "held.txt", splits.heldout[:2])
+    write_prompts(d / "cal.txt", splits.calibration[:3])
     return d
 
 

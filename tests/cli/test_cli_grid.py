@@ -1,7 +1,7 @@
 """`tl-isokl grid`: a run, --status, the other commands on its run directories, and one-line errors."""
 
 import pytest
-from helpers_cli import invoke, one_line_error
+from helpers_cli import invoke, one_line_error, write_prompts
 
 GRID = """spec = "mean_diff"
 window = 8
@@ -15,8 +15,8 @@ batch_size = 8
 
 @pytest.fixture
 def grid_file(tmp_path, splits):
-    (tmp_path / "held.txt").write_text("".join(q.prompt.replace("\n", "\\n") + "\n" for q in splits.heldout[:2]))
-    (tmp_path / "cal.txt").write_text("".join(q.prompt.replace("\n", "\\n") + "\n" for q in splits.calibration[:3]))
+    write_prompts(tmp_path / "held.txt", splits.heldout[:2])
+    write_prompts(tmp_path / "cal.txt", splits.calibration[:3])
     (tmp_path / "GRID.toml").write_text(GRID)
     return tmp_path / "GRID.toml"
 

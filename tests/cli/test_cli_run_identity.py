@@ -14,7 +14,7 @@ import shutil
 
 import pytest
 
-from helpers_cli import invoke, one_line_error, patch_loaders
+from helpers_cli import invoke, one_line_error, patch_loaders, write_prompts
 
 BASE = ["--window", "8", "--alphas", "0,1", "--no-figures"]
 
@@ -27,10 +27,9 @@ def snapshot(folder):
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, splits):
     d = tmp_path_factory.mktemp("prompts")
-    write = lambda name, qs: (d / name).write_text("".join(q.prompt.replace("\n", "\\n") + "\n" for q in qs))  # noqa
-    write("held.txt", splits.heldout[:2])
-    write("held2.txt", splits.heldout[2:4])
-    write("cal.txt", splits.calibration[:2])
+    write_prompts(d / "held.txt", splits.heldout[:2])
+    write_prompts(d / "held2.txt", splits.heldout[2:4])
+    write_prompts(d / "cal.txt", splits.calibration[:2])
     return d
 
 

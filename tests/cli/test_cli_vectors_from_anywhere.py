@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 import tl_isokl as ik
-from helpers_cli import invoke, one_line_error
+from helpers_cli import invoke, one_line_error, write_prompts
 from helpers_vectors import sae_folder, write_gguf
 from tl_isokl.errors import IsoKLError
 from tl_isokl.vector import SteeringVector
@@ -24,9 +24,8 @@ from tl_isokl.vector import SteeringVector
 def files(tmp_path_factory, splits, vec):
     """Prompt files, the test bed's default direction as foreign files, and a SAELens folder on layer 2."""
     d = tmp_path_factory.mktemp("foreign")
-    write = lambda name, qs: (d / name).write_text("".join(q.prompt.replace("\n", "\\n") + "\n" for q in qs))  # noqa
-    write("held.txt", splits.heldout[:2])
-    write("cal.txt", splits.calibration[:2])
+    write_prompts(d / "held.txt", splits.heldout[:2])
+    write_prompts(d / "cal.txt", splits.calibration[:2])
     np.save(d / "v.npy", vec.direction.numpy())
     torch.save({"layer_activations": {vec.layer: vec.direction, 1: -vec.direction}}, d / "sv.pt")
     save_file({"a": vec.direction, "b": 2 * vec.direction}, str(d / "named.safetensors"))

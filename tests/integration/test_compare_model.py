@@ -20,6 +20,7 @@ import json
 import time
 
 import pytest
+from helpers_cli import write_prompts
 
 from tl_isokl.compare import COMPARE_CSV, COMPARE_JSON, COMPARE_MD, run_compare, spec_dir, specs_with_null
 from tl_isokl.experiment import ExperimentSettings
@@ -33,9 +34,8 @@ N_HELD, N_CAL, WINDOW = 12, 6, 24
 @pytest.fixture(scope="module")
 def settings(splits, tmp_path_factory):
     d = tmp_path_factory.mktemp("compare-prompts")
-    write = lambda name, qs: (d / name).write_text("".join(q.prompt.replace("\n", "\\n") + "\n" for q in qs))  # noqa
-    write("held.txt", splits.heldout[:N_HELD])
-    write("cal.txt", splits.calibration[:N_CAL])
+    write_prompts(d / "held.txt", splits.heldout[:N_HELD])
+    write_prompts(d / "cal.txt", splits.calibration[:N_CAL])
     return ExperimentSettings(window=WINDOW, alphas=",".join(f"{a:g}" for a in ALPHAS), heldout_prompts=d / "held.txt",
                               calibration_prompts=d / "cal.txt", figures=False)
 

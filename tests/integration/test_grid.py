@@ -10,6 +10,7 @@ import threading
 from dataclasses import replace
 
 import pytest
+from helpers_cli import write_prompts
 
 from tl_isokl import grid as G
 
@@ -28,8 +29,8 @@ FILES = ("cells/alpha=0.jsonl", "cells/alpha=2.jsonl", "vector.safetensors", "su
 @pytest.fixture(scope="module")
 def grid_file(tmp_path_factory, splits):
     d = tmp_path_factory.mktemp("grid")
-    (d / "held.txt").write_text("".join(q.prompt.replace("\n", "\\n") + "\n" for q in splits.heldout[:3]))
-    (d / "cal.txt").write_text("".join(q.prompt.replace("\n", "\\n") + "\n" for q in splits.calibration[:3]))
+    write_prompts(d / "held.txt", splits.heldout[:3])
+    write_prompts(d / "cal.txt", splits.calibration[:3])
     (d / "GRID.toml").write_text(GRID)
     return d / "GRID.toml"
 
