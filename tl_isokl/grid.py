@@ -521,16 +521,12 @@ def _sweep_shard(cell: Cell, model) -> dict[str, Any]:
     from tl_isokl.calibrate import CalibrationResult
     from tl_isokl.files import atomic_write_jsonl
     from tl_isokl.probe import AnswerProbe
-    from tl_isokl.sweep import SweepConfig, rollout_group, run_cell
+    from tl_isokl.sweep import SweepConfig, expand_samples, rollout_group, run_cell
 
     plan, rows = _prepared(cell, model, replace(cell.settings, alphas=cell.alphas, figures=False))
     kw = plan.kwargs
     cal = CalibrationResult.from_dict(plan.calibration)
-    prompts, pids = list(plan.prompts), plan.prompt_ids
-    spp = int(kw["samples_per_prompt"])
-    if spp > 1:  # as `sweep` expands them: rows "<id>#<k>"
-        prompts = [p for p in prompts for _ in range(spp)]
-        pids = [f"{i}#{j}" for i in pids for j in range(spp)]
+    prompts, pids, _ = expand_samples(plan.prompts, plan.prompt_ids, kw["samples_per_prompt"])
     neg = plan.calibration_neg
     k, n = cell.shard
     lo, hi = k * len(prompts) // n, (k + 1) * len(prompts) // n

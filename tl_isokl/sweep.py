@@ -180,11 +180,7 @@ def sweep(
         if len(answers) != len(prompts):
             raise IsoKLError(f"{len(answers)} answers for {len(prompts)} held-out prompts; give one per prompt "
                              f"(None where unknown)")
-    if samples_per_prompt > 1:
-        if answers is not None:
-            answers = [a for a in answers for _ in range(samples_per_prompt)]
-        prompts = [p for p in prompts for _ in range(samples_per_prompt)]
-        pids = [f"{i}#{k}" for i in pids for k in range(samples_per_prompt)]
+    prompts, pids, answers = expand_samples(prompts, pids, int(samples_per_prompt), answers)
     probe = probe if probe is not None else AnswerProbe(spec, schedule)
     cal_neg = (None if calibration_neg is None else calibration_neg if isinstance(calibration_neg, CalibrationResult)
                else CalibrationResult.from_dict(calibration_neg))
@@ -232,6 +228,18 @@ def sweep(
     run = rd.load()
     write_tables(run)
     return run
+
+
+def expand_samples(prompts: Sequence[str], prompt_ids: Sequence[str], samples_per_prompt: int,
+                   answers: Sequence[Any] | None = None) -> tuple[list[str], list[str], list[Any] | None]:
+    """The sweep's rows when each prompt is sampled several times: each prompt (and answer) repeated, ids
+    "<id>#<k>"; unchanged for one sample. One naming for `sweep` and a grid's shard cells, so both write the same
+    rows."""
+    n = int(samples_per_prompt)
+    if n <= 1:
+        return list(prompts), list(prompt_ids), None if answers is None else list(answers)
+    return ([p for p in prompts for _ in range(n)], [f"{i}#{k}" for i in prompt_ids for k in range(n)],
+            None if answers is None else [a for a in answers for _ in range(n)])
 
 
 def default_decode_rows(model, window: int, budget_bytes: float | None = None) -> int:
