@@ -255,9 +255,9 @@ def _bare_ok(block, bare: _BareLayer) -> bool:
 
 def _bare_eligible(block) -> bool:
     """A block whose bridge components all hand the HF module's own computation through (block, linear, norm,
-    MLP, attention (when native, checked per call)) and have no compatibility mode or processed-weight path: then
-    its bare layer computes what the bridge computes. Anything else (joint QKV, MoE, re-implemented attention,
-    recurrent mixers, ...) keeps the bridge's path."""
+    MLP, attention; native attention and the absence of compatibility mode / processed weights are checked per
+    call, `_bare_ok`): then its bare layer computes what the bridge computes. Anything else (joint QKV, MoE,
+    re-implemented attention, recurrent mixers, ...) keeps the bridge's path."""
     from transformer_lens.model_bridge.generalized_components.block import BlockBridge
     from transformer_lens.model_bridge.generalized_components.gated_mlp import GatedMLPBridge
     from transformer_lens.model_bridge.generalized_components.linear import LinearBridge
@@ -270,8 +270,6 @@ def _bare_eligible(block) -> bool:
     for m in block.modules():
         if not _is_component(m):
             continue
-        if getattr(m, "compatibility_mode", False) or getattr(m, "_use_processed_weights", False):
-            return False
         if m._modules.get("_original_component") is None:
             return False
         if type(m).__dict__.get("_tl_isokl_base", type(m)) not in plain:
