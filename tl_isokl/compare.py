@@ -271,6 +271,11 @@ def _band_at(curve, t: float) -> tuple[float, float]:
     return float(curve.ci_low[idx]), float(curve.ci_high[idx])
 
 
+def c_star_neg(run) -> float | None:
+    """-v's own c* of a two-sided run (negative alphas are doses of it), from its identity; None when one-sided."""
+    return (run.manifest.get("identity") or {}).get("c_star_neg")
+
+
 def compare_rows(runs: dict[str, Any], *, threshold: float | None = None,
                  effects: dict[str, Any] | None = None, lexicon: dict[str, Any] | None = None
                  ) -> list[dict[str, Any]]:
@@ -287,7 +292,7 @@ def compare_rows(runs: dict[str, Any], *, threshold: float | None = None,
     rows = []
     for name, run in runs.items():
         cal = run.calibration or {}
-        c_neg = (run.manifest.get("identity") or {}).get("c_star_neg")  # two-sided: -v's own c*
+        c_neg = c_star_neg(run)
         per = [c for c in cal.get("per_prompt_c_star") or [] if c is not None]
         window = int(run.window)
         for a, ts in run.by_alpha().items():
@@ -353,8 +358,7 @@ def write_compare(out: str | Path, specs: Sequence[Spec], stats: Sequence[str], 
     atomic_write_json(out / COMPARE_JSON, {"specs": [s.name for s in specs], "stats": list(stats),
                                            "request": request, "rows": all_rows})
     figs = draw_compare_figures(out, all_rows, runs_by_stat[stats[0]], stats[0])
-    two_sided = any((r.manifest.get("identity") or {}).get("c_star_neg") is not None
-                    for runs in runs_by_stat.values() for r in runs.values())
+    two_sided = any(c_star_neg(r) is not None for runs in runs_by_stat.values() for r in runs.values())
     atomic_write_text(out / COMPARE_MD, compare_markdown(all_rows, specs, stats, figs, out=out,
                                                          two_sided=two_sided))
     return {"rows": all_rows, "figures": figs}
