@@ -87,6 +87,17 @@ class ProbeSpec:
         if self.after_close not in ("skip", "keep"):
             raise IsoKLError(f"after_close must be 'skip' or 'keep', not {self.after_close!r}")
 
+    def prefill_at(self, closed: bool) -> str:
+        """The prefill spliced at a fork: without its `think_close` tag once the rollout closed the think block
+        (so the spliced text never holds a second one)."""
+        return self.prefill.replace(self.think_close, "") if closed and self.think_close else self.prefill
+
+    @property
+    def prefills(self) -> set[str]:
+        """Every prefill a fork can be given: the open one, and the closed one when such forks are kept."""
+        keep = bool(self.think_close) and self.after_close == "keep"
+        return {self.prefill_at(False)} | ({self.prefill_at(True)} if keep else set())
+
     def to_dict(self) -> dict:
         return {"prefill": self.prefill, "true_variants": list(self.true_variants),
                 "false_variants": list(self.false_variants), "think_close": self.think_close,
@@ -157,7 +168,7 @@ def probe_forks(model, spec: ProbeSpec, traj: Rollout, forks: Sequence[int]) -> 
         closed = think_closed(model, spec, traj, t)
         if closed and spec.after_close == "skip":
             continue
-        out.append((t, spec.prefill.replace(spec.think_close, "") if closed else spec.prefill))
+        out.append((t, spec.prefill_at(closed)))
     return out
 
 
@@ -495,11 +506,7 @@ def cache_probe(model, probe) -> "CacheProbe | None":
     if layout.mode != "packed":
         return None
     cp = CacheProbe(model, probe, layout)
-    spec = probe.spec
-    prefills = {spec.prefill}
-    if spec.think_close and spec.after_close == "keep":
-        prefills.add(spec.prefill.replace(spec.think_close, ""))
-    if any(k == 0 for pre in prefills for _, _, k in cp.segs.get(pre)):
+    if any(k == 0 for pre in probe.spec.prefills for _, _, k in cp.segs.get(pre)):
         return None
     return cp
 
@@ -512,7 +519,7 @@ class CacheProbe:
     `_probe_packed` does. `cpu_s` / `wall_s` accumulate the process CPU / wall seconds the decode spends here.
     """
 
-    def __init__(self, model, probe: AnswerProbe, layout: AttentionLayout, rows: int = 64):
+    def __init__(self, model, probe: AnswerProbe, layout: AttentionLayout, rows: int = 16):
         self.model, self.probe, self.layout = model, probe, layout
         self.segs = _Segments(model, probe.spec)
         self.rows = int(rows)  # rows per side forward (the cache copy and the mask grow with it)
@@ -521,9 +528,7 @@ class CacheProbe:
     def room(self, window: int) -> int:
         """At most how many query tokens one row's forks of a `window`-token rollout need (the carried token
         included): the decode reserves that much cache capacity, so the last forward writes without a copy."""
-        spec = self.probe.spec
-        prefills = {spec.prefill, spec.prefill.replace(spec.think_close, "") if spec.think_close else spec.prefill}
-        per_fork = max(len(_fork_segments([(0, pre)], self.segs)["ids"]) for pre in prefills)
+        per_fork = max(len(_fork_segments([(0, pre)], self.segs)["ids"]) for pre in self.probe.spec.prefills)
         return 1 + per_fork * (len(fork_points(int(window), self.probe.schedule)) + 1)
 
     def plan(self, r: Rollout) -> list[tuple[int, str]]:
@@ -597,7 +602,7 @@ def probe_reference(model, vector: SteeringVector | None, r: Rollout, t: int, sp
     Independent of the packed path (no masks, no caches); used by tests and for spot checks.
     """
     closed = think_closed(model, spec, r, t)
-    prefill = spec.prefill.replace(spec.think_close, "") if closed else spec.prefill
+    prefill = spec.prefill_at(closed)
     pre = encode(model, prefill, bos=False)
     p_true = p_false = 0.0
     for is_true, variants in ((True, spec.true_variants), (False, spec.false_variants)):
