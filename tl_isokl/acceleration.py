@@ -390,6 +390,7 @@ def _growing_layer_class():
             def _drop(self):
                 self._kb = self._vb = self._kview = self._vview = None
                 self._n = 0
+                self._owned = False  # whether _kb/_vb are buffers this layer allocated (safe to write rows into)
 
             def _views(self):
                 self._kview, self._vview = self._kb[..., : self._n, :], self._vb[..., : self._n, :]
@@ -399,6 +400,7 @@ def _growing_layer_class():
                 if self.keys is not self._kview or self.values is not self._vview:
                     k, v = self.keys, self.values
                     self._kb, self._vb = k, v  # capacity == length: never written into, regrown first
+                    self._owned = False
                     self._n = int(k.shape[-2]) if k is not None and k.dim() == 4 else 0
                     self._kview, self._vview = k, v
 
@@ -419,7 +421,7 @@ def _growing_layer_class():
                     if n:
                         kb[..., :n, :] = self._kb[..., :n, :]
                         vb[..., :n, :] = self._vb[..., :n, :]
-                    self._kb, self._vb = kb, vb
+                    self._kb, self._vb, self._owned = kb, vb, True
                 self._kb[..., n:need, :] = key_states
                 self._vb[..., n:need, :] = value_states
                 self._n = need
@@ -427,9 +429,23 @@ def _growing_layer_class():
                 return self.keys, self.values
 
             def batch_select_indices(self, indices):
+                """Rows leaving (indices increasing, as at EOS): the kept rows move down inside the buffer, only
+                their filled positions and only from the first row that left, and the buffer's first rows are
+                the new batch (a view, strides unchanged). Copying every kept row's whole capacity into a fresh
+                buffer was ~10% of a 128-row decode. Any other selection (reorder, repeat): a fresh copy."""
                 if self.get_seq_length() > 0:
                     self._adopt()
-                    self._kb, self._vb = self._kb[indices, ...], self._vb[indices, ...]
+                    idx = indices.tolist() if torch.is_tensor(indices) else [int(i) for i in indices]
+                    if self._owned and all(a < b for a, b in zip(idx, idx[1:])) and (not idx or idx[0] >= 0):
+                        first = next((j for j, i in enumerate(idx) if i != j), len(idx))
+                        if first < len(idx):
+                            src = torch.tensor(idx[first:], device=self._kb.device)
+                            for buf in (self._kb, self._vb):
+                                buf[first:len(idx), ..., : self._n, :] = buf[src, ..., : self._n, :]
+                        self._kb, self._vb = self._kb[: len(idx)], self._vb[: len(idx)]
+                    else:
+                        self._kb, self._vb = self._kb[indices, ...], self._vb[indices, ...]
+                        self._owned = True
                     self._views()
 
             def reset(self):
@@ -499,7 +515,7 @@ def cache_rows(cache, rows: torch.Tensor, room: int = 0):
             bufs.append(buf)
         g = layer()
         g.lazy_initialization(bufs[0], bufs[1])  # dtype, device, initialized (and empty buffers)
-        g._kb, g._vb, g._n = bufs[0], bufs[1], n
+        g._kb, g._vb, g._n, g._owned = bufs[0], bufs[1], n, True
         g._views()
         out.layers.append(g)
     return out

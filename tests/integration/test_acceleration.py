@@ -227,6 +227,59 @@ def test_growing_cache_honours_inherited_methods():
     assert mine.get_seq_length() == ref.get_seq_length() == 73
 
 
+@pytest.mark.parametrize("select", [[1, 3, 4], [0, 1, 2], [2], [0, 2, 3, 4], [4, 1, 3], [1, 1, 0]])
+def test_growing_cache_row_selection_equals_dynamic_layer(select):
+    """Rows leaving (increasing indices: compacted inside the buffer), a reorder and a repeat (fresh copies), then
+    more steps and a second selection: K/V equal to DynamicLayer's bit for bit at every step."""
+    from transformers.cache_utils import DynamicLayer
+
+    g = torch.Generator().manual_seed(2)
+
+    def kv(b, t):
+        return torch.randn(b, 2, t, 4, generator=g), torch.randn(b, 2, t, 4, generator=g)
+
+    ref, mine = DynamicLayer(), A._growing_layer_class()(capacity=40)
+    for k, v in (kv(5, 9), kv(5, 1), kv(5, 1)):
+        ref.update(k, v)
+        mine.update(k, v)
+    buffer = mine._kb.data_ptr()
+    idx = torch.tensor(select)
+    ref.batch_select_indices(idx)
+    mine.batch_select_indices(idx)
+    increasing = all(a < b for a, b in zip(select, select[1:]))
+    assert (mine._kb.data_ptr() == buffer) == increasing  # compacted in place only when rows just leave
+    for step in range(3):
+        k, v = kv(len(select), 1)
+        a, b = ref.update(k, v), mine.update(k, v)
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+        assert b[0].stride() == A._growing_layer_class()(capacity=40).update(*kv(len(select), 12))[0].stride()
+    keep = torch.tensor([len(select) - 1])
+    ref.batch_select_indices(keep)
+    mine.batch_select_indices(keep)
+    k, v = kv(1, 1)
+    assert all(torch.equal(x, y) for x, y in zip(ref.update(k, v), mine.update(k, v)))
+    assert mine.get_seq_length() == ref.get_seq_length() == 15
+
+
+def test_growing_cache_never_writes_into_tensors_it_adopted():
+    """After an inherited method hands the layer tensors it did not allocate (crop's view, here replaced by a
+    caller's own tensors), a row selection copies instead of compacting into them."""
+    from transformers.cache_utils import DynamicLayer
+
+    g = torch.Generator().manual_seed(3)
+    mine = A._growing_layer_class()()
+    mine.update(torch.randn(3, 2, 6, 4, generator=g), torch.randn(3, 2, 6, 4, generator=g))
+    theirs_k, theirs_v = torch.randn(3, 2, 6, 4, generator=g), torch.randn(3, 2, 6, 4, generator=g)
+    mine.keys, mine.values = theirs_k, theirs_v
+    before = theirs_k.clone(), theirs_v.clone()
+    ref = DynamicLayer()
+    ref.update(theirs_k.clone(), theirs_v.clone())
+    mine.batch_select_indices(torch.tensor([1, 2]))
+    ref.batch_select_indices(torch.tensor([1, 2]))
+    assert torch.equal(theirs_k, before[0]) and torch.equal(theirs_v, before[1])
+    assert torch.equal(mine.keys, ref.keys) and torch.equal(mine.values, ref.values)
+
+
 # ---- the fast path ----------------------------------------------------------------------------------------------
 IDS = torch.tensor([[5, 17, 230, 44, 9, 301, 77, 12, 600, 41, 8, 90, 33, 250]])
 # the hook points each shortcut skips while they are quiet: a norm's, a linear's (in attention and in the MLP)
