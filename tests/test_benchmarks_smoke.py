@@ -69,3 +69,23 @@ def test_floor_arithmetic():
     assert math.isclose(one["decode_seconds"], want, rel_tol=1e-9)
     tf = gpu.floor_teacher_forced(pc, [100], 0, 1e12)
     assert math.isclose(tf["flops"], 2 * pc["non_embedding"] * 100 + 4 * 16 * 2048 * 5050)
+
+
+def test_cpu_floor_arithmetic():
+    """bench_vs_baseline's two CPU floors on a hand-worked example: 2 prompts (3 and 5 tokens) at alphas 0 and 1,
+    rollouts of 10, 6, 8 and 4 tokens, 7 forks; calibration 3 doses of 20 tokens over 4 prompt tokens."""
+    bvb = _load("bench_vs_baseline")
+    rows = {"0": [{"id": "a", "length": 10, "forks": [1, 2]}, {"id": "b", "length": 6, "forks": [1]}],
+            "1": [{"id": "a", "length": 8, "forks": [1, 2, 3]}, {"id": "b", "length": 4, "forks": [1]}]}
+    lib = {"prompt_tokens": {"a": 3, "b": 5}, "cells": rows, "cal_tokens_per_dose": 20.0, "cal_prompt_tokens": 4,
+           "doses": 3}
+    thr = {"decode_tok_s": 100.0, "tf_tok_s": 1000.0, "dose_decode_tok_s": 40.0}
+    fl = bvb.cpu_floor(lib, thr, doses=2, prefill_len=5)
+    assert math.isclose(fl["rollout"], 28 / 100)  # every alpha's generated tokens at the batched decode rate
+    assert math.isclose(fl["kl"], (3 + 8 + 5 + 4) / 1000)  # alpha 0 needs no base pass
+    assert math.isclose(fl["probe"], 7 * 5 / 1000)
+    assert math.isclose(fl["calibration"], 2 * 20 / 100 + 2 * 24 / 1000)
+    assert math.isclose(fl["total"], 0.28 + 0.02 + 0.035 + 0.448)
+    seq = fl["sequential"]  # tl-isokl's own 3 doses, each at the rate of one dose's batch
+    assert seq["doses"] == 3 and math.isclose(seq["calibration"], 3 * 20 / 40 + 3 * 24 / 1000)
+    assert math.isclose(seq["total"], 0.28 + 0.02 + 0.035 + 1.572)
