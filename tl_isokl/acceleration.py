@@ -432,11 +432,13 @@ def _growing_layer_class():
                 """Rows leaving (indices increasing, as at EOS): the kept rows move down inside the buffer, only
                 their filled positions and only from the first row that left, and the buffer's first rows are
                 the new batch (a view, strides unchanged). Copying every kept row's whole capacity into a fresh
-                buffer was ~10% of a 128-row decode. Any other selection (reorder, repeat): a fresh copy."""
+                buffer was ~10% of a 128-row decode. Any other selection (reorder, repeat, a boolean mask): a fresh copy."""
                 if self.get_seq_length() > 0:
                     self._adopt()
-                    idx = indices.tolist() if torch.is_tensor(indices) else [int(i) for i in indices]
-                    if self._owned and all(a < b for a, b in zip(idx, idx[1:])) and (not idx or idx[0] >= 0):
+                    mask = torch.is_tensor(indices) and indices.dtype == torch.bool
+                    idx = [] if mask else [int(i) for i in (indices.tolist() if torch.is_tensor(indices) else indices)]
+                    if (self._owned and not mask and all(a < b for a, b in zip(idx, idx[1:]))
+                            and (not idx or idx[0] >= 0)):
                         first = next((j for j, i in enumerate(idx) if i != j), len(idx))
                         if first < len(idx):
                             src = torch.tensor(idx[first:], device=self._kb.device)
