@@ -360,12 +360,13 @@ def report(base: dict, lib: dict, cmp: dict, cfg: dict) -> str:
         sq = fl.get("sequential")
         if sq:
             L.append(f"floor with tl-isokl's own calibration path ({sq['doses']} sequential doses of "
-                     f"{th['dose_rows']} rows at the raw model's {th['dose_decode_tok_s']:,.0f} tok/s for that batch): "
+                     f"{th['dose_rows']} rows at the raw model's {th['dose_decode_tok_s']:,.0f} tok/s for that "
+                     f"batch): "
                      f"calibration {sq['calibration']:.2f} s, total {sq['total']:.2f} s; tl-isokl CPU / this floor "
                      f"{lib['cpu_times']['total'] / sq['total']:.2f}x")
-            L.append(f"best ratio the floors allow (baseline CPU / floor): {base['cpu_times']['total'] / fl['total']:.1f}x "
-                     f"with {fl['doses']} doses at the batched rate, {base['cpu_times']['total'] / sq['total']:.1f}x "
-                     f"on tl-isokl's calibration path")
+            bc = base["cpu_times"]["total"]
+            L.append(f"best ratio the floors allow (baseline CPU / floor): {bc / fl['total']:.1f}x with "
+                     f"{fl['doses']} doses at the batched rate, {bc / sq['total']:.1f}x on tl-isokl's calibration path")
     L.append(f"calibration doses: baseline {base['doses']} (bisection, one per step); tl-isokl {lib['doses']} "
              f"in {lib['rounds']} rounds")
     for side, r in (("baseline", base), ("tl-isokl", lib)):

@@ -432,7 +432,8 @@ def _growing_layer_class():
                 """Rows leaving (indices increasing, as at EOS): the kept rows move down inside the buffer, only
                 their filled positions and only from the first row that left, and the buffer's first rows are
                 the new batch (a view, strides unchanged). Copying every kept row's whole capacity into a fresh
-                buffer was ~10% of a 128-row decode. Any other selection (reorder, repeat, a boolean mask): a fresh copy."""
+                buffer was ~10% of a 128-row decode. Any other selection (reorder, repeat, a boolean mask): a
+                fresh copy."""
                 if self.get_seq_length() > 0:
                     self._adopt()
                     mask = torch.is_tensor(indices) and indices.dtype == torch.bool
