@@ -466,6 +466,20 @@ def _fork_segments(forks: list[tuple[int, str]], segs: _Segments) -> dict:
             "score_tok": score_tok, "score_owner": score_owner, "forks": fork_list}
 
 
+def _segment_pattern(lay: dict) -> torch.Tensor:
+    """[S, S] bool over a `_fork_segments` layout's S tokens: each token sees the ranges its span lists and its own
+    span causally (the same pattern after a packed rollout and as queries against the decode's KV cache)."""
+    S = len(lay["ids"])
+    allow = torch.zeros((S, S), dtype=torch.bool)
+    for start, length, visible in lay["spans"]:
+        if not length:
+            continue
+        for a, b in visible:
+            allow[start: start + length, a: b] = True
+        allow[start: start + length, start: start + length] = torch.ones((length, length), dtype=torch.bool).tril()
+    return allow
+
+
 def _pack(r: Rollout, forks: list[tuple[int, str]], segs: _Segments) -> dict:
     """One packed row: rollout ids, then every fork's segments (`_fork_segments`), with the attention pattern of
     the unpacked sequences: a segment sees prefix[:plen + t] and what its fork laid out before it."""
@@ -479,14 +493,10 @@ def _pack(r: Rollout, forks: list[tuple[int, str]], segs: _Segments) -> dict:
     n = len(ids)
     allow = torch.zeros((n, n), dtype=torch.bool)
     allow[:N, :N] = torch.ones((N, N), dtype=torch.bool).tril()
-    for start, length, visible in lay["spans"]:
-        if not length:
-            continue
-        a0 = N + start
-        allow[a0: a0 + length, : ends[lay["fork"][start]]] = True
-        for a, b in visible:
-            allow[a0: a0 + length, N + a: N + b] = True
-        allow[a0: a0 + length, a0: a0 + length] = torch.ones((length, length), dtype=torch.bool).tril()
+    if n > N:
+        seen = torch.tensor(ends)[torch.tensor(lay["fork"])]  # each segment token's context length
+        allow[N:, :N] = torch.arange(N)[None, :] < seen[:, None]
+        allow[N:, N:] = _segment_pattern(lay)
     owner_fork = {}
     for f, (_, variants) in enumerate(lay["forks"]):
         owner_fork.update({v: f for v, _ in variants})
@@ -572,14 +582,7 @@ class CacheProbe:
                 allow[j, o: o + n, :K] = (torch.arange(K)[None, :] < (T + t)[:, None]) & real[j][None, :]
                 if o:
                     allow[j, o: o + n, K] = (T + t) > K
-                for start, length, visible in lay["spans"]:
-                    if not length:
-                        continue
-                    a0 = o + start
-                    for a, b in visible:
-                        allow[j, a0: a0 + length, K + o + a: K + o + b] = True
-                    allow[j, a0: a0 + length, K + a0: K + a0 + length] = torch.ones(
-                        (length, length), dtype=torch.bool).tril()
+                allow[j, o: o + n, K + o: K + o + n] = _segment_pattern(lay)
             if any(sp < 0 for sp in lay["score_pos"]):
                 raise IsoKLError("an answer scored at the context's last position cannot be probed from the cache")
             pad = torch.arange(o + n, Q)
