@@ -98,7 +98,8 @@ class Sampling:
 GREEDY = Sampling()
 # spare KV-cache capacity reserved for the in-decode fork probe's last forward, at most this share of the cache
 # (prompt + window): at window 4096 its ~150 tokens are reserved and the last forward copies nothing; at window 256
-# (~110 of ~280) the larger buffers would cost more in the decode's row selections than the copy they save
+# (~110 of ~280) every row would hold ~40% more KV memory for the whole decode to save one copy at its end (measured
+# when rows leaving copied the whole capacity, so slower too; with the in-place compaction the cost is the memory)
 ROOM_SHARE = 0.1
 
 
@@ -244,7 +245,7 @@ def _decode_batch(model, vector, seqs: list[list[int]], coeffs: torch.Tensor, wi
     alive = torch.arange(B, device=dev)  # original row index of each batch row still decoding
     om = model.original_model
     # the last fork-probe forward runs on the cache itself when its queries fit in spare capacity that costs
-    # little next to the cache (every batch-row selection at EOS copies the whole capacity); else on copies
+    # little next to the cache (`ROOM_SHARE`); else on copies
     room = side.room(window) if side is not None else 0
     in_place = side is not None and room <= ROOM_SHARE * (T + window)
 
